@@ -1,0 +1,1 @@
+"""Canvas Chat GUI (PySide6). Never imports torch or transformers."""

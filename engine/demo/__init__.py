@@ -1,0 +1,1 @@
+"""The built-in demo model: its tokenizer, training corpus and training script."""

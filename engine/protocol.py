@@ -1,0 +1,355 @@
+"""The message protocol between the GUI and the engine worker (standard library only).
+
+One JSON object per line on the worker's stdin (requests) and stdout (events); stderr is the
+worker's log. Every message carries a `type` tag and a `request_id`. The GUI opens with
+`Hello`; the worker answers `Ready` with its protocol version, and either side refuses a
+different major version. A receiver logs and drops (or answers with an `Error`) any line it
+cannot decode; it never crashes on one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Union
+
+PROTOCOL_VERSION = 1
+
+FinishReason = Literal["eos", "length", "cancelled"]
+ENTROPY_BUCKETS = 4  # 0 = confident ... 3 = very uncertain
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message of this protocol version."""
+
+
+# ---------------------------------------------------------------------------- payload parts
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["user", "assistant", "system"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Per-request sampling settings; None means "the model folder's generation config"."""
+
+    max_new_tokens: int | None = None
+    max_denoising_steps: int | None = None
+    entropy_bound: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    seed: int | None = None
+
+    def problems(self) -> list[str]:
+        """Human-readable reasons these settings cannot be used; empty when they are fine."""
+        found = []
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            found.append(f"max new tokens must be positive (got {self.max_new_tokens})")
+        if self.max_denoising_steps is not None and self.max_denoising_steps <= 0:
+            found.append(f"denoising steps must be positive (got {self.max_denoising_steps})")
+        if self.entropy_bound is not None and self.entropy_bound <= 0:
+            found.append(f"entropy bound must be greater than 0 (got {self.entropy_bound})")
+        for name in ("t_min", "t_max"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                found.append(f"{name} must be 0 or more (got {value})")
+        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
+            found.append(f"t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max})")
+        if self.seed is not None and self.seed < 0:
+            found.append(f"seed must be 0 or more (got {self.seed})")
+        return found
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    time_to_first_draft_s: float
+    wall_s: float
+    new_tokens: int
+    tokens_per_s: float
+    decoder_forwards: int
+    tokens_per_forward: float
+    steps_per_canvas: float
+    canvases: int
+    prompt_tokens: int
+    cached_tokens: int = 0
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    request_id: str
+    protocol_version: int
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    TYPE: ClassVar[str] = "load_model"
+    request_id: str
+    model: str  # a local folder or a hub id such as "google/diffusiongemma-26B-A4B-it"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["auto", "none", "bf16", "nf4", "nf4-double"] = "auto"
+    vision: bool = False
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Generate:
+    TYPE: ClassVar[str] = "generate"
+    request_id: str
+    messages: list[ChatMessage]
+    conversation_id: str = ""
+    system_prompt: str = ""
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    reuse_cache: bool = True
+
+
+@dataclass(frozen=True)
+class Cancel:
+    TYPE: ClassVar[str] = "cancel"
+    request_id: str
+    target_request_id: str
+
+
+@dataclass(frozen=True)
+class Unload:
+    TYPE: ClassVar[str] = "unload"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    TYPE: ClassVar[str] = "shutdown"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ProbeHardware:
+    TYPE: ClassVar[str] = "probe_hardware"
+    request_id: str
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Answer to Hello: the worker is up and speaks this protocol."""
+
+    TYPE: ClassVar[str] = "ready"
+    request_id: str
+    protocol_version: int
+    engine_version: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    TYPE: ClassVar[str] = "load_progress"
+    request_id: str
+    stage: str  # "resolving", "tokenizer", "weights", "quantizing", "device", ...
+    message: str
+    fraction: float  # 0..1 over the whole load
+    bytes_read: int = 0
+    bytes_total: int = 0
+    layers_quantized: int = 0
+    layers_total: int = 0
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    TYPE: ClassVar[str] = "model_loaded"
+    request_id: str
+    model: str
+    model_path: str
+    device: str
+    quantization: str
+    canvas_length: int
+    parameters: int
+    load_s: float
+    is_demo: bool = False
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One denoising step's view of the open canvas (latest wins: drafts may be coalesced)."""
+
+    TYPE: ClassVar[str] = "draft"
+    request_id: str
+    canvas_index: int
+    step_index: int  # 0-based step within this canvas
+    max_steps: int
+    text: str  # argmax draft of the canvas up to its first EOS
+    pieces: list[str]  # decoded text of each position up to the first EOS
+    settled: list[bool]  # accepted by the sampler at this step (not noise)
+    entropy: list[int]  # bucket 0..ENTROPY_BUCKETS-1 per position
+
+
+@dataclass(frozen=True)
+class CanvasCommitted:
+    TYPE: ClassVar[str] = "canvas_committed"
+    request_id: str
+    canvas_index: int
+    text: str  # this canvas's text, up to the first EOS
+    reply_text: str  # everything committed so far in this reply
+    token_count: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class Done:
+    TYPE: ClassVar[str] = "done"
+    request_id: str
+    finish_reason: FinishReason
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+@dataclass(frozen=True)
+class Error:
+    TYPE: ClassVar[str] = "error"
+    request_id: str
+    code: str  # machine-readable: "out_of_memory", "model_not_found", "bad_settings", ...
+    message: str  # one or two plain sentences for the user
+    recoverable: bool  # False: the worker is exiting
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HardwareReport:
+    TYPE: ClassVar[str] = "hardware_report"
+    request_id: str
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    TYPE: ClassVar[str] = "unloaded"
+    request_id: str
+
+
+Request = Union[Hello, LoadModel, Generate, Cancel, Unload, Shutdown, ProbeHardware]
+Event = Union[Ready, LoadProgress, ModelLoaded, Draft, CanvasCommitted, Done, Error, HardwareReport, Unloaded]
+
+REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}
+EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Event)}
+
+# Events that carry results and must never be dropped by draft coalescing.
+MESSAGE_TYPES = {**REQUEST_TYPES, **EVENT_TYPES}
+
+
+# ---------------------------------------------------------------------------- wire format
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    return {"type": message.TYPE, **dataclasses.asdict(message)}
+
+
+def encode(message: Any) -> str:
+    """One line of JSON, without the newline."""
+    return json.dumps(to_dict(message), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(line: str | bytes, allowed: dict[str, type] = MESSAGE_TYPES) -> Any:
+    """Parses one line into a message dataclass; raises ProtocolError if it is not one."""
+    try:
+        payload = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ProtocolError("a message must be a JSON object")
+    type_tag = payload.pop("type", None)
+    cls = allowed.get(type_tag) if isinstance(type_tag, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {type_tag!r}")
+    return _build(cls, payload, type_tag)
+
+
+def request_id_of(line: str | bytes) -> str:
+    """Best-effort request id of a line that failed to decode, so the error can refer to it."""
+    try:
+        payload = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ""
+    value = payload.get("request_id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _build(cls: type, payload: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in payload.items():
+        if name not in known:
+            continue  # tolerate fields added by a newer minor revision
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ProtocolError(f"{where}: missing field(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(f"{where}: {value!r} matches none of {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ProtocolError(f"{where}: expected null")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ProtocolError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list")
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce(item, item_hint, f"{where}[]") for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return _build(hint, dict(value), where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ProtocolError(f"{where}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ProtocolError(f"{where}: expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ProtocolError(f"{where}: expected a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ProtocolError(f"{where}: expected a string")
+    raise ProtocolError(f"{where}: unsupported field type {hint}")

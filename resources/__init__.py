@@ -1,0 +1,1 @@
+"""Resources that ship with Canvas Chat: the demo model, model configs, icons."""
