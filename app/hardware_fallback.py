@@ -1,0 +1,357 @@
+"""A torch-free hardware check for the GUI, used before the engine worker is up.
+
+Same report shape as the worker's `engine.hardware.probe()` (which adds torch's CUDA check and
+the memory planner); the verdict rules mirror `engine.hardware.make_verdict` and a test keeps
+the two in step. Only `nvidia-smi`, the OS and the disk are asked: nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPORT_SCHEMA = 1
+REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
+REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
+GIB = 1024**3
+
+# The simple estimate (MODEL_NOTES.md, "Size and memory"): NF4 weights with the experts
+# quantized, an 8k-token KV cache, one 256-token step's activations plus the CUDA context.
+NF4_WEIGHTS_BYTES = 15_300_000_000
+KV_BYTES_PER_TOKEN_FULL = 20_480
+KV_BYTES_SLIDING_CAP = 204_800 * 1_023
+ACTIVATIONS_BYTES = 2_000_000_000
+DEFAULT_CONTEXT_TOKENS = 8192
+DOWNLOAD_BYTES_ESTIMATE = 52_000_000_000
+MIN_COMPUTE_CAPABILITY = (7, 5)
+LOW_RAM_BYTES = 16 * GIB
+NVIDIA_SMI_TIMEOUT_S = 8.0
+
+_SMI_FIELDS = ("index", "name", "compute_cap", "driver_version", "memory.total", "memory.free")
+
+
+def _nvidia_smi_path() -> str | None:
+    found = shutil.which("nvidia-smi")
+    if found:
+        return found
+    if sys.platform == "win32":
+        for candidate in (
+            Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32" / "nvidia-smi.exe",
+            Path(os.environ.get("ProgramFiles", r"C:\Program Files")) / "NVIDIA Corporation" / "NVSMI" / "nvidia-smi.exe",
+        ):
+            if candidate.is_file():
+                return str(candidate)
+    return None
+
+
+def query_nvidia_smi(problems: list[str]) -> list[dict[str, Any]]:
+    """GPUs as nvidia-smi lists them; [] when there is no NVIDIA driver (a note goes to problems)."""
+    exe = _nvidia_smi_path()
+    if exe is None:
+        return []
+    fields = list(_SMI_FIELDS)
+    for _ in range(2):
+        try:
+            result = subprocess.run(
+                [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=NVIDIA_SMI_TIMEOUT_S,
+                # A GUI app must not flash a console window for this.
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+            )
+        except subprocess.TimeoutExpired:
+            problems.append(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S:.0f} s")
+            return []
+        except OSError as exc:
+            problems.append(f"nvidia-smi could not be started ({exc})")
+            return []
+        if result.returncode == 0:
+            return parse_nvidia_smi_csv(result.stdout, fields)
+        if "compute_cap" in fields and "compute_cap" in (result.stdout + result.stderr):
+            fields.remove("compute_cap")  # drivers before 510 do not know this field
+            continue
+        message = (result.stderr or result.stdout).strip().splitlines()
+        problems.append(f"nvidia-smi failed: {message[0] if message else f'exit status {result.returncode}'}")
+        return []
+    return []
+
+
+def parse_nvidia_smi_csv(text: str, fields: list[str] | tuple[str, ...] = _SMI_FIELDS) -> list[dict[str, Any]]:
+    gpus = []
+    for line in text.splitlines():
+        values = [value.strip() for value in line.split(",")]
+        if len(values) != len(fields):
+            continue
+        row = dict(zip(fields, values))
+        gpus.append(
+            {
+                "index": _int_or_none(row.get("index")),
+                "name": row.get("name") or "NVIDIA GPU",
+                "compute_capability": _clean(row.get("compute_cap")),
+                "driver_version": _clean(row.get("driver_version")),
+                "total_vram_bytes": _mib(row.get("memory.total")),
+                "free_vram_bytes": _mib(row.get("memory.free")),
+            }
+        )
+    return gpus
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None or value.strip() in ("", "[N/A]", "N/A", "[Not Supported]"):
+        return None
+    return value.strip()
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _mib(value: str | None) -> int | None:
+    number = _int_or_none(value)
+    return None if number is None else number * 1024 * 1024
+
+
+def system_ram() -> tuple[int | None, int | None]:
+    """(total, available) bytes of system memory."""
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        return int(memory.total), int(memory.available)
+    except Exception:  # noqa: BLE001 - psutil is optional here
+        pass
+    if sys.platform == "win32":
+        import ctypes
+
+        class MemoryStatus(ctypes.Structure):
+            _fields_ = [
+                ("dwLength", ctypes.c_ulong),
+                ("dwMemoryLoad", ctypes.c_ulong),
+                ("ullTotalPhys", ctypes.c_ulonglong),
+                ("ullAvailPhys", ctypes.c_ulonglong),
+                ("ullTotalPageFile", ctypes.c_ulonglong),
+                ("ullAvailPageFile", ctypes.c_ulonglong),
+                ("ullTotalVirtual", ctypes.c_ulonglong),
+                ("ullAvailVirtual", ctypes.c_ulonglong),
+                ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+            ]
+
+        status = MemoryStatus()
+        status.dwLength = ctypes.sizeof(MemoryStatus)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return int(status.ullTotalPhys), int(status.ullAvailPhys)
+        return None, None
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None, None
+
+
+def disk_space(path: str | os.PathLike[str]) -> tuple[str, int | None, int | None]:
+    """(existing folder measured, free bytes, total bytes) for `path` or its nearest parent."""
+    folder = Path(path).expanduser().absolute()
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return str(folder), None, None
+    return str(folder), int(usage.free), int(usage.total)
+
+
+def hub_cache_dir() -> Path:
+    """Where the Hugging Face cache puts downloads (honours HF_HOME and HF_HUB_CACHE)."""
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001
+        home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub")
+
+
+def real_model_downloaded(cache_dir: Path | None = None) -> bool:
+    """True when a complete snapshot of the real model (config, all shards, tokenizer) is cached."""
+    storage = (cache_dir or hub_cache_dir()) / ("models--" + REAL_MODEL_ID.replace("/", "--"))
+    for snapshot in sorted((storage / "snapshots").glob("*")) if (storage / "snapshots").is_dir() else []:
+        index = snapshot / "model.safetensors.index.json"
+        if not (snapshot / "config.json").is_file() or not (snapshot / "tokenizer.json").is_file():
+            continue
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if shards and all((snapshot / shard).is_file() for shard in shards):
+            return True
+    return False
+
+
+def estimate_plan(context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any]:
+    kv = KV_BYTES_SLIDING_CAP + KV_BYTES_PER_TOKEN_FULL * context_tokens
+    return {
+        "source": "estimate",
+        "quantization": "nf4",
+        "context_tokens": context_tokens,
+        "weights_bytes": NF4_WEIGHTS_BYTES,
+        "kv_cache_bytes": kv,
+        "activations_bytes": ACTIVATIONS_BYTES,
+        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES,
+    }
+
+
+def gib(value: int | float | None, *, round_up: bool = False) -> str:
+    """Bytes as the "GB" that Windows and card boxes show (GiB), e.g. '24 GB' or '7.5 GB'.
+
+    `round_up` for a requirement, so that "needs 17 GB" is never an understatement.
+    """
+    if value is None:
+        return "? GB"
+    number = value / GIB
+    if round_up and number >= 10:
+        return f"{math.ceil(number)} GB"
+    return f"{number:.0f} GB" if number >= 10 or abs(number - round(number)) < 0.05 else f"{number:.1f} GB"
+
+
+def _capability(value: str | None) -> tuple[int, int] | None:
+    try:
+        major, minor = str(value).split(".", 1)
+        return int(major), int(minor)
+    except (TypeError, ValueError):
+        return None
+
+
+def pick_gpu(gpus: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The card the engine would use: the one with the most memory."""
+    return max(gpus, key=lambda gpu: gpu.get("total_vram_bytes") or 0) if gpus else None
+
+
+def make_verdict(
+    gpu: dict[str, Any] | None,
+    plan: dict[str, Any],
+    *,
+    cuda_available: bool | None,
+    ram_total_bytes: int | None,
+    disk_free_bytes: int | None,
+    disk_path: str,
+    model_downloaded: bool,
+) -> dict[str, Any]:
+    """The answer and its reasons, in plain words. Mirrors engine.hardware.make_verdict."""
+    need = int(plan["total_bytes"])
+    quant = str(plan.get("quantization", "nf4")).upper().replace("-DOUBLE", " (double)")
+    notes: list[str] = []
+    if gpu is None:
+        code, summary = "no_gpu", "No NVIDIA GPU found: Canvas Chat will use the built-in demo model on the CPU."
+        notes.append(
+            f"{REAL_MODEL_NAME} needs an NVIDIA GPU with about {gib(need, round_up=True)} of memory "
+            "(a 24 GB card such as an RTX 3090 or 4090, or a 32 GB RTX 5090)."
+        )
+    else:
+        name = gpu.get("name") or "NVIDIA GPU"
+        total = gpu.get("total_vram_bytes")
+        free = gpu.get("free_vram_bytes")
+        capability = _capability(gpu.get("compute_capability"))
+        fits = plan.get("fits") if isinstance(plan.get("fits"), bool) else (total is not None and need <= total)
+        if capability is not None and capability < MIN_COMPUTE_CAPABILITY:
+            code = "gpu_too_old"
+            summary = (
+                f"The {name} (compute capability {gpu.get('compute_capability')}) is too old for "
+                "Canvas Chat's CUDA build: it will use the built-in demo model on the CPU."
+            )
+            notes.append("DiffusionGemma on the GPU needs an RTX 20-series card or newer (compute capability 7.5+).")
+        elif cuda_available is False:
+            code = "cuda_unavailable"
+            driver = gpu.get("driver_version")
+            summary = (
+                f"The {name} is present but CUDA cannot use it"
+                + (f" (driver {driver})" if driver else "")
+                + ": Canvas Chat will use the built-in demo model on the CPU."
+            )
+            notes.append("Install the latest NVIDIA Game Ready or Studio driver, then restart Canvas Chat.")
+        elif not fits:
+            code = "not_enough_vram"
+            summary = (
+                f"{gib(total)} of VRAM is not enough for {REAL_MODEL_NAME}: it needs about {gib(need, round_up=True)} "
+                f"({quant}). Canvas Chat will use the built-in demo model on the CPU."
+            )
+            notes.append("24 GB cards (RTX 3090, RTX 4090) and 32 GB cards (RTX 5090) can run it.")
+        else:
+            code = "ok"
+            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need, round_up=True)} of {gib(total)})."
+            if free is not None and free < need:
+                code = "ok_busy"
+                notes.append(
+                    f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
+                    "(games, other AI apps) before loading the model."
+                )
+    can_run = code in ("ok", "ok_busy")
+    if can_run and not model_downloaded:
+        if disk_free_bytes is not None and disk_free_bytes < DOWNLOAD_BYTES_ESTIMATE:
+            notes.append(
+                f"The download needs about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)} of free disk space; "
+                f"{gib(disk_free_bytes)} is free at {disk_path}."
+            )
+        else:
+            notes.append(f"The model is not downloaded yet (about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)}).")
+    if can_run and ram_total_bytes is not None and ram_total_bytes < LOW_RAM_BYTES:
+        notes.append(f"With {gib(ram_total_bytes)} of system memory, loading the model will be slow.")
+    return {
+        "code": code,
+        "can_run_real_model": can_run,
+        "recommended": "real" if can_run and model_downloaded else "demo",
+        "summary": summary,
+        "notes": notes,
+    }
+
+
+def probe(*, models_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A JSON-able report of this PC and the verdict, without torch (cuda_available is None)."""
+    problems: list[str] = []
+    gpus = query_nvidia_smi(problems)
+    gpu = pick_gpu(gpus)
+    driver = next((g["driver_version"] for g in gpus if g.get("driver_version")), None)
+    ram_total, ram_available = system_ram()
+    cache_dir = hub_cache_dir()
+    disk_path, disk_free, disk_total = disk_space(models_dir or cache_dir)
+    plan = estimate_plan()
+    downloaded = real_model_downloaded(cache_dir)
+    return {
+        "schema": REPORT_SCHEMA,
+        "source": "gui",
+        "platform": platform.platform(),
+        "gpus": gpus,
+        "gpu": gpu,
+        "driver_version": driver,
+        "cuda_available": None,
+        "cuda_version": None,
+        "ram_total_bytes": ram_total,
+        "ram_available_bytes": ram_available,
+        "disk_path": disk_path,
+        "disk_free_bytes": disk_free,
+        "disk_total_bytes": disk_total,
+        "model_id": REAL_MODEL_ID,
+        "model_downloaded": downloaded,
+        "download_bytes": DOWNLOAD_BYTES_ESTIMATE,
+        "plan": plan,
+        "verdict": make_verdict(
+            gpu,
+            plan,
+            cuda_available=None,
+            ram_total_bytes=ram_total,
+            disk_free_bytes=disk_free,
+            disk_path=disk_path,
+            model_downloaded=downloaded,
+        ),
+        "problems": problems,
+    }
