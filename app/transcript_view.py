@@ -1,0 +1,920 @@
+"""The transcript: a list view whose delegate paints each message from a cached QTextDocument.
+
+Only the streaming (or replaying) row repaints while a canvas animates, driven by one timer
+that runs only while a token is fading in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QEvent,
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    QPointF,
+    QRect,
+    QRectF,
+    QSize,
+    Qt,
+    QTimer,
+    QUrl,
+    Signal,
+)
+from PySide6.QtGui import (
+    QAbstractTextDocumentLayout,
+    QAction,
+    QColor,
+    QDesktopServices,
+    QFont,
+    QFontDatabase,
+    QFontMetricsF,
+    QGuiApplication,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPen,
+    QTextDocument,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QListView,
+    QMenu,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTextBrowser,
+    QWidget,
+)
+
+from app.canvas_paint import CanvasAnimation, CanvasSegment, layout_canvas
+from app.markdown_render import COPY_CODE_SCHEME, RenderedMarkdown, renderer_for
+from app.theme import LIGHT, ThemeColors
+
+SIDE_MARGIN = 18
+ROW_GAP = 8
+BUBBLE_PAD_X = 14
+BUBBLE_PAD_Y = 10
+USER_MAX_FRACTION = 0.78
+ASSISTANT_MAX_WIDTH = 900
+FRAME_MS = 16
+DOC_CACHE_SIZE = 400
+
+STATUS_MARKS = {
+    "stopped": "Stopped",
+    "interrupted": "Interrupted \u2014 the worker stopped",
+    "error": "Error",
+}
+
+
+def message_of(index: QModelIndex) -> Any:
+    """The `app.chat.Message` behind a transcript row."""
+    return index.data(_message_role())
+
+
+def _message_role() -> int:
+    global _MESSAGE_ROLE
+    if _MESSAGE_ROLE is None:
+        try:
+            from app import qt_models
+
+            role = getattr(qt_models, "MESSAGE_ROLE", None) or getattr(qt_models, "MessageRole", None)
+        except ImportError:
+            role = None
+        _MESSAGE_ROLE = int(role) if role is not None else int(Qt.ItemDataRole.UserRole)
+    return _MESSAGE_ROLE
+
+
+_MESSAGE_ROLE: int | None = None
+
+
+def stats_line(stats: dict[str, Any] | None) -> str:
+    """"0.21 s to first draft · 48.0 tok/s · 3.2 tok/forward · 5.0 steps/canvas"."""
+    if not stats:
+        return ""
+    parts = []
+    first = stats.get("time_to_first_draft_s")
+    if first is not None:
+        parts.append(f"{first:.2f} s to first draft")
+    speed = stats.get("tokens_per_s")
+    if speed is not None:
+        parts.append(f"{speed:.1f} tok/s")
+    per_forward = stats.get("tokens_per_forward")
+    if per_forward is not None:
+        parts.append(f"{per_forward:.1f} tok/forward")
+    steps = stats.get("steps_per_canvas")
+    if steps is not None:
+        parts.append(f"{steps:.1f} steps/canvas")
+    return " \u00b7 ".join(parts)
+
+
+@dataclass
+class StreamingSnapshot:
+    """What the streaming row shows right now (for tests and the benchmark)."""
+
+    message_id: str
+    canvas_index: int
+    step_index: int
+    max_steps: int
+    counter_text: str
+    segments: list[CanvasSegment]
+    committed_text: str
+    drafts_applied: int
+    paints: int
+
+    @property
+    def drawn_text(self) -> str:
+        return "".join(segment.text for segment in self.segments)
+
+
+@dataclass
+class _RowGeometry:
+    bubble: QRect
+    content_left: int
+    content_top: int
+    content_width: int
+    footer_top: int  # below the bubble: stats, marks, action links
+    links: dict[str, QRect]
+
+
+class _AnimatedRow:
+    def __init__(self, index: QPersistentModelIndex, message_id: str, replay: bool):
+        self.index = index
+        self.message_id = message_id
+        self.replay = replay
+        self.animation = CanvasAnimation()
+        self.committed_text = ""
+        self.layout = None
+        self.layout_key: tuple = ()
+        self.height = 0.0
+        self.paints = 0
+
+
+class TranscriptDelegate(QStyledItemDelegate):
+    """Paints messages as bubbles; the streaming row adds the open canvas under its text."""
+
+    def __init__(self, view: TranscriptView):
+        super().__init__(view)
+        self._view = view
+        self._docs: OrderedDict[tuple, tuple[QTextDocument, RenderedMarkdown | None]] = OrderedDict()
+        self.colors: ThemeColors = LIGHT
+        self.reduced_motion = False
+        self._font = QFont(view.font())
+        self._small_font = QFont(self._font)
+        self._small_font.setPointSizeF(max(7.0, self._font.pointSizeF() * 0.85))
+        self._mono_family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
+
+    # -- configuration
+
+    def set_colors(self, colors: ThemeColors) -> None:
+        self.colors = colors
+        self._docs.clear()
+
+    def set_font(self, font: QFont) -> None:
+        self._font = QFont(font)
+        self._small_font = QFont(font)
+        self._small_font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+        self._docs.clear()
+
+    # -- documents
+
+    def document_for(self, message: Any, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:
+        """The laid-out document of a message's (committed) text at a content width."""
+        key = (message.id, message.role, message.content, width, self.colors.name, self._font.key())
+        cached = self._docs.get(key)
+        if cached is not None:
+            self._docs.move_to_end(key)
+            return cached
+        doc, rendered = self._build_document(message.role, message.content, width)
+        self._docs[key] = (doc, rendered)
+        while len(self._docs) > DOC_CACHE_SIZE:
+            self._docs.popitem(last=False)
+        return doc, rendered
+
+    def _build_document(self, role: str, text: str, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:
+        doc = QTextDocument()
+        doc.setDefaultFont(self._font)
+        doc.setDocumentMargin(0)
+        doc.setUndoRedoEnabled(False)
+        rendered = None
+        if role == "user":
+            doc.setPlainText(text)
+        else:
+            renderer = renderer_for(self.colors)
+            rendered = renderer.render(text)
+            doc.setDefaultStyleSheet(renderer.style_sheet().replace("monospace", self._mono_family))
+            doc.setHtml(rendered.html)
+        doc.setTextWidth(width)
+        if role == "user":
+            ideal = doc.idealWidth()
+            if ideal < width:
+                doc.setTextWidth(max(1.0, ideal + 1))
+        return doc, rendered
+
+    def clear_cache(self) -> None:
+        self._docs.clear()
+
+    # -- geometry
+
+    def _bubble_width_limit(self, role: str, viewport_width: int) -> int:
+        available = max(120, viewport_width - 2 * SIDE_MARGIN)
+        if role == "user":
+            return max(120, int(available * USER_MAX_FRACTION))
+        return min(available, ASSISTANT_MAX_WIDTH)
+
+    def content_width(self, role: str, viewport_width: int) -> int:
+        return self._bubble_width_limit(role, viewport_width) - 2 * BUBBLE_PAD_X
+
+    def _footer_height(self, message: Any) -> int:
+        if message.status in ("streaming", "sending"):
+            return 0
+        return int(QFontMetricsF(self._small_font).height()) + 4
+
+    def _geometry(self, option_rect: QRect, message: Any, viewport_width: int) -> _RowGeometry:
+        content_width = self.content_width(message.role, viewport_width)
+        doc, _ = self.document_for(message, content_width)
+        doc_width = int(doc.textWidth()) if message.role == "user" else content_width
+        body_height = self._body_height(message, doc, content_width)
+        bubble_width = doc_width + 2 * BUBBLE_PAD_X
+        if message.role == "user":
+            left = option_rect.right() - SIDE_MARGIN - bubble_width + 1
+        else:
+            left = option_rect.left() + SIDE_MARGIN
+        bubble = QRect(left, option_rect.top() + ROW_GAP // 2, bubble_width, body_height + 2 * BUBBLE_PAD_Y)
+        links = self._footer_links(message, bubble)
+        return _RowGeometry(
+            bubble=bubble,
+            content_left=left + BUBBLE_PAD_X,
+            content_top=bubble.top() + BUBBLE_PAD_Y,
+            content_width=doc_width,
+            footer_top=bubble.bottom() + 2,
+            links=links,
+        )
+
+    def _body_height(self, message: Any, doc: QTextDocument, content_width: int) -> int:
+        height = doc.size().height() if message.content else 0.0
+        row = self._view.animated_row(message.id)
+        if row is not None:
+            height += self._view.canvas_block_height(row, content_width)
+        return int(max(height, QFontMetricsF(self._font).height()))
+
+    def _footer_links(self, message: Any, bubble: QRect) -> dict[str, QRect]:
+        links: dict[str, QRect] = {}
+        if message.status in ("streaming", "sending"):
+            return links
+        metrics = QFontMetricsF(self._small_font)
+        names = ["Copy"]
+        if message.role == "user":
+            names.append("Edit")
+        elif message.replay:
+            names.append("Replay")
+        top = bubble.bottom() + 3
+        height = int(metrics.height())
+        if message.role == "user":
+            x = bubble.right()
+            for name in names:
+                width = int(metrics.horizontalAdvance(name)) + 2
+                links[name] = QRect(x - width, top, width, height)
+                x -= width + 12
+        else:
+            x = bubble.right()
+            for name in reversed(names):
+                width = int(metrics.horizontalAdvance(name)) + 2
+                links[name] = QRect(x - width, top, width, height)
+                x -= width + 12
+        return links
+
+    def row_geometry(self, index: QModelIndex) -> _RowGeometry | None:
+        message = message_of(index)
+        if message is None:
+            return None
+        rect = self._view.visualRect(index)
+        return self._geometry(rect, message, self._view.viewport().width())
+
+    # -- QStyledItemDelegate
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+        message = message_of(index)
+        if message is None:
+            return QSize(0, 0)
+        viewport_width = self._view.viewport().width()
+        geometry = self._geometry(QRect(0, 0, viewport_width, 0), message, viewport_width)
+        height = geometry.bubble.height() + ROW_GAP + self._footer_height(message)
+        return QSize(viewport_width, height)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        message = message_of(index)
+        if message is None:
+            return
+        colors = self.colors
+        viewport_width = self._view.viewport().width()
+        geometry = self._geometry(option.rect, message, viewport_width)
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        path = QPainterPath()
+        path.addRoundedRect(QRectF(geometry.bubble), 12, 12)
+        if message.role == "user":
+            painter.fillPath(path, QColor(colors.user_bubble))
+            text_color = QColor(colors.user_text)
+        else:
+            painter.fillPath(path, QColor(colors.assistant_bubble))
+            painter.setPen(QPen(QColor(colors.assistant_border), 1))
+            painter.drawPath(path)
+            text_color = QColor(colors.text)
+        if self._view.is_selected_message(message.id):
+            painter.setPen(QPen(QColor(colors.accent), 1.5))
+            painter.drawPath(path)
+
+        content_width = geometry.content_width
+        doc, _ = self.document_for(message, self.content_width(message.role, viewport_width))
+        y = float(geometry.content_top)
+        if message.content and not self._view.has_editor_for(message.id):
+            painter.save()
+            painter.translate(geometry.content_left, y)
+            context = QAbstractTextDocumentLayout.PaintContext()
+            context.palette.setColor(QPalette.ColorRole.Text, text_color)
+            context.clip = QRectF(0, 0, content_width, doc.size().height())
+            doc.documentLayout().draw(painter, context)
+            painter.restore()
+        if message.content:
+            y += doc.size().height()
+
+        row = self._view.animated_row(message.id)
+        if row is not None:
+            self._paint_canvas(painter, row, geometry.content_left, y, content_width)
+        elif not message.content and message.status in ("streaming", "sending"):
+            painter.setFont(self._small_font)
+            painter.setPen(QColor(colors.dim_text))
+            painter.drawText(QPointF(geometry.content_left, y + QFontMetricsF(self._small_font).ascent()), "\u2026")
+
+        self._paint_footer(painter, message, geometry)
+        painter.restore()
+
+    def _paint_canvas(self, painter: QPainter, row: _AnimatedRow, left: int, top: float, width: int) -> None:
+        colors = self.colors
+        small = QFontMetricsF(self._small_font)
+        counter_height = small.height() + 2
+        row.paints += 1
+        if not self.reduced_motion or row.replay:
+            layout = self._view.canvas_layout(row, width, time.monotonic())
+            if layout is not None:
+                layout.draw(painter, QPointF(left, top + 2))
+            top += row.height
+        painter.setFont(self._small_font)
+        painter.setPen(QColor(colors.dim_text))
+        counter = row.animation.counter_text()
+        if row.replay:
+            counter = "replay \u00b7 " + counter
+        painter.drawText(QPointF(left, top + 2 + small.ascent()), counter)
+        del counter_height
+
+    def _paint_footer(self, painter: QPainter, message: Any, geometry: _RowGeometry) -> None:
+        colors = self.colors
+        if message.status in ("streaming", "sending"):
+            return
+        painter.setFont(self._small_font)
+        metrics = QFontMetricsF(self._small_font)
+        baseline = geometry.footer_top + 1 + metrics.ascent()
+        if message.role != "user":
+            parts = []
+            mark = STATUS_MARKS.get(message.status)
+            x = float(geometry.bubble.left() + 4)
+            if mark:
+                if message.status == "error" and message.error:
+                    mark = f"Error: {message.error}"
+                painter.setPen(QColor(colors.mark_error if message.status == "error" else colors.mark_stopped))
+                mark_text = mark + ("  \u00b7  " if message.stats else "")
+                painter.drawText(QPointF(x, baseline), mark_text)
+                x += metrics.horizontalAdvance(mark_text)
+            line = stats_line(message.stats)
+            if line:
+                parts.append(line)
+                painter.setPen(QColor(colors.dim_text))
+                limit = (min(r.left() for r in geometry.links.values()) if geometry.links else geometry.bubble.right()) - x - 12
+                painter.drawText(QPointF(x, baseline), metrics.elidedText(line, Qt.TextElideMode.ElideRight, max(0.0, limit)))
+        painter.setPen(QColor(colors.link))
+        for name, rect in geometry.links.items():
+            painter.drawText(QPointF(rect.left() + 1, baseline), name)
+
+    # -- selectable text: a read-only browser over the selected message
+
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> QWidget:
+        browser = QTextBrowser(parent)
+        browser.setFrameShape(QTextBrowser.Shape.NoFrame)
+        browser.setOpenLinks(False)
+        browser.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        browser.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        browser.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+            | Qt.TextInteractionFlag.TextSelectableByKeyboard
+            | Qt.TextInteractionFlag.LinksAccessibleByMouse
+        )
+        browser.viewport().setAutoFillBackground(False)
+        browser.setStyleSheet("QTextBrowser { background: transparent; }")
+        browser.setObjectName("messageTextBrowser")
+        browser.anchorClicked.connect(lambda url, i=QPersistentModelIndex(index): self._view.open_anchor(i, url.toString()))
+        return browser
+
+    def setEditorData(self, editor: QWidget, index: QModelIndex) -> None:
+        message = message_of(index)
+        if message is None:
+            return
+        doc, _ = self.document_for(message, self.content_width(message.role, self._view.viewport().width()))
+        clone = doc.clone(editor)
+        editor.setDocument(clone)
+        palette = editor.palette()
+        palette.setColor(QPalette.ColorRole.Text, QColor(self.colors.user_text if message.role == "user" else self.colors.text))
+        editor.setPalette(palette)
+
+    def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        message = message_of(index)
+        if message is None:
+            return
+        geometry = self._geometry(option.rect, message, self._view.viewport().width())
+        doc, _ = self.document_for(message, self.content_width(message.role, self._view.viewport().width()))
+        editor.setGeometry(QRect(geometry.content_left, geometry.content_top, geometry.content_width, int(doc.size().height()) + 1))
+
+    def setModelData(self, editor, model, index) -> None:  # read-only
+        return
+
+
+class TranscriptView(QListView):
+    """Messages of the open conversation; animates the open canvas of the streaming reply."""
+
+    sig_edit_requested = Signal(str)  # message id of a user message
+    sig_regenerate_requested = Signal(str)  # message id of an assistant message
+    sig_replay_requested = Signal(str)
+    copied = Signal(str)  # what went to the clipboard
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("transcriptView")
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setUniformItemSizes(False)
+        self.setWordWrap(True)
+        self.setMouseTracking(True)
+        self.setFrameShape(QListView.Shape.NoFrame)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.DefaultContextMenu)
+        self.verticalScrollBar().setSingleStep(24)
+        self._delegate = TranscriptDelegate(self)
+        self.setItemDelegate(self._delegate)
+        self._rows: dict[str, _AnimatedRow] = {}
+        self._selected_id = ""
+        self._editor_index: QPersistentModelIndex | None = None
+        self._stick_to_bottom = True
+        self._frame_timer = QTimer(self)
+        self._frame_timer.setInterval(FRAME_MS)
+        self._frame_timer.timeout.connect(self._on_frame_timer_timeout)
+        self._replays: dict[str, Any] = {}
+        self.verticalScrollBar().valueChanged.connect(self._on_scrollbar_value_changed)
+        self.verticalScrollBar().rangeChanged.connect(self._on_scrollbar_range_changed)
+
+    # -- configuration
+
+    @property
+    def delegate(self) -> TranscriptDelegate:
+        return self._delegate
+
+    def set_colors(self, colors: ThemeColors) -> None:
+        self._delegate.set_colors(colors)
+        for row in self._rows.values():
+            row.layout_key = ()
+        self._relayout()
+
+    def set_reduced_motion(self, reduced: bool) -> None:
+        self._delegate.reduced_motion = reduced
+        self._relayout()
+
+    def setModel(self, model: QAbstractItemModel | None) -> None:
+        old = self.model()
+        if old is not None:
+            for signal, slot in self._model_connections(old):
+                signal.disconnect(slot)
+        super().setModel(model)
+        if model is not None:
+            for signal, slot in self._model_connections(model):
+                signal.connect(slot)
+        self._on_model_reset()
+
+    def _model_connections(self, model):
+        return [
+            (model.dataChanged, self._on_model_data_changed),
+            (model.modelReset, self._on_model_reset),
+            (model.rowsInserted, self._on_model_rows_inserted),
+            (model.rowsRemoved, self._on_model_rows_removed),
+        ]
+
+    # -- streaming rows
+
+    def animated_row(self, message_id: str) -> _AnimatedRow | None:
+        return self._rows.get(message_id)
+
+    def canvas_block_height(self, row: _AnimatedRow, width: int) -> float:
+        small = QFontMetricsF(self._delegate._small_font).height() + 6
+        if self._delegate.reduced_motion and not row.replay:
+            return small
+        self.canvas_layout(row, width, time.monotonic())
+        return row.height + small
+
+    def canvas_layout(self, row: _AnimatedRow, width: int, now: float):
+        motion = not self._delegate.reduced_motion or row.replay
+        fading = motion and row.animation.is_fading(now)
+        key = (row.animation.drafts_applied, width, self._delegate.colors.name, fading and int(now * 1000 / FRAME_MS))
+        if key != row.layout_key or row.layout is None:
+            if not row.animation.has_draft:
+                row.layout, row.height = None, 0.0
+            else:
+                row.layout, row.height = layout_canvas(row.animation, self._delegate._font, width, self._delegate.colors, now, motion)
+            row.layout_key = key
+        return row.layout
+
+    def apply_draft(self, message_id: str, draft: Any, replay: bool = False) -> None:
+        """Draws a Draft (or DraftState) as the open canvas of the given reply's row."""
+        row = self._row_for(message_id, replay)
+        if row is None:
+            return
+        row.animation.apply(draft.canvas_index, draft.step_index, draft.max_steps, draft.pieces, draft.settled, draft.entropy)
+        self._refresh_row(row)
+        if not self._delegate.reduced_motion or replay:
+            self._ensure_frame_timer()
+
+    def end_canvas(self, message_id: str) -> None:
+        """A canvas was committed: its text is now part of the message; clear the open canvas."""
+        row = self._rows.get(message_id)
+        if row is None:
+            return
+        row.animation.clear()
+        row.layout, row.layout_key, row.height = None, (), 0.0
+        self._refresh_row(row)
+
+    def end_stream(self, message_id: str) -> None:
+        row = self._rows.pop(message_id, None)
+        if row is None:
+            return
+        index = QModelIndex(row.index)
+        if index.isValid():
+            self._delegate.sizeHintChanged.emit(index)
+        if not self._rows:
+            self._frame_timer.stop()
+
+    def is_streaming(self, message_id: str) -> bool:
+        return message_id in self._rows
+
+    def streaming_snapshot(self, message_id: str | None = None) -> StreamingSnapshot | None:
+        row = self._rows.get(message_id) if message_id else next(iter(self._rows.values()), None)
+        if row is None:
+            return None
+        message = message_of(QModelIndex(row.index)) if row.index.isValid() else None
+        return StreamingSnapshot(
+            message_id=row.message_id,
+            canvas_index=row.animation.canvas_index,
+            step_index=row.animation.step_index,
+            max_steps=row.animation.max_steps,
+            counter_text=row.animation.counter_text(),
+            segments=row.animation.segments(),
+            committed_text=message.content if message is not None else "",
+            drafts_applied=row.animation.drafts_applied,
+            paints=row.paints,
+        )
+
+    def frame_timer_active(self) -> bool:
+        return self._frame_timer.isActive()
+
+    def _row_for(self, message_id: str, replay: bool = False) -> _AnimatedRow | None:
+        row = self._rows.get(message_id)
+        if row is not None and row.index.isValid():
+            return row
+        index = self.index_of_message(message_id)
+        if not index.isValid():
+            return None
+        row = _AnimatedRow(QPersistentModelIndex(index), message_id, replay)
+        self._rows[message_id] = row
+        return row
+
+    def index_of_message(self, message_id: str) -> QModelIndex:
+        model = self.model()
+        if model is None:
+            return QModelIndex()
+        for number in range(model.rowCount() - 1, -1, -1):
+            index = model.index(number, 0)
+            message = message_of(index)
+            if message is not None and message.id == message_id:
+                return index
+        return QModelIndex()
+
+    def _refresh_row(self, row: _AnimatedRow) -> None:
+        index = QModelIndex(row.index)
+        if not index.isValid():
+            return
+        old_height = self.visualRect(index).height()
+        new_height = self._delegate.sizeHint(self.viewOptions_(), index).height()
+        if new_height != old_height:
+            self._delegate.sizeHintChanged.emit(index)
+        else:
+            self.viewport().update(self.visualRect(index))
+
+    def viewOptions_(self) -> QStyleOptionViewItem:
+        option = QStyleOptionViewItem()
+        self.initViewItemOption(option)
+        return option
+
+    def _ensure_frame_timer(self) -> None:
+        if not self._frame_timer.isActive():
+            self._frame_timer.start()
+
+    def _on_frame_timer_timeout(self) -> None:
+        now = time.monotonic()
+        moving = False
+        for row in list(self._rows.values()):
+            motion = not self._delegate.reduced_motion or row.replay
+            if motion and row.animation.is_fading(now):
+                moving = True
+                index = QModelIndex(row.index)
+                if index.isValid():
+                    self.viewport().update(self.visualRect(index))
+        if not moving:
+            self._frame_timer.stop()
+
+    # -- model events
+
+    def _on_model_data_changed(self, top_left: QModelIndex, bottom_right: QModelIndex, roles=()) -> None:
+        for number in range(top_left.row(), bottom_right.row() + 1):
+            index = self.model().index(number, 0)
+            message = message_of(index)
+            if message is None:
+                continue
+            draft = getattr(message, "draft", None)
+            row = self._rows.get(message.id)
+            if draft is not None and message.status == "streaming":
+                if row is None or (row.animation.canvas_index, row.animation.step_index, row.animation.pieces, row.animation.settled) != (
+                    draft.canvas_index,
+                    draft.step_index,
+                    tuple(draft.pieces),
+                    tuple(draft.settled),
+                ):
+                    self.apply_draft(message.id, draft)
+                    continue
+            elif row is not None and not row.replay:
+                if message.status == "streaming" and draft is None:
+                    self.end_canvas(message.id)
+                elif message.status != "streaming":
+                    self.end_stream(message.id)
+            if message.status == "streaming" and row is None:
+                self._row_for(message.id)
+            self._delegate.sizeHintChanged.emit(index)
+        self._keep_editor_fresh(top_left, bottom_right)
+
+    def _on_model_reset(self) -> None:
+        self._rows.clear()
+        self._frame_timer.stop()
+        self._editor_index = None
+        self._selected_id = ""
+        model = self.model()
+        if model is not None:
+            for number in range(model.rowCount()):
+                message = message_of(model.index(number, 0))
+                if message is not None and message.status == "streaming":
+                    self._row_for(message.id)
+        self._stick_to_bottom = True
+        QTimer.singleShot(0, self._scroll_if_sticky)
+
+    def _on_model_rows_inserted(self, parent: QModelIndex, first: int, last: int) -> None:
+        for number in range(first, last + 1):
+            message = message_of(self.model().index(number, 0))
+            if message is not None and message.status == "streaming":
+                self._row_for(message.id)
+        if self._stick_to_bottom or last == self.model().rowCount() - 1:
+            self._stick_to_bottom = True
+            QTimer.singleShot(0, self._scroll_if_sticky)
+
+    def _on_model_rows_removed(self, parent: QModelIndex, first: int, last: int) -> None:
+        for message_id, row in list(self._rows.items()):
+            if not row.index.isValid():
+                del self._rows[message_id]
+        if self._editor_index is not None and not self._editor_index.isValid():
+            self._editor_index = None
+            self._selected_id = ""
+
+    # -- scrolling: follow the reply while the user is at the bottom
+
+    def _on_scrollbar_value_changed(self, value: int) -> None:
+        bar = self.verticalScrollBar()
+        self._stick_to_bottom = value >= bar.maximum() - 4
+
+    def _on_scrollbar_range_changed(self, minimum: int, maximum: int) -> None:
+        self._scroll_if_sticky()
+
+    def _scroll_if_sticky(self) -> None:
+        if self._stick_to_bottom:
+            bar = self.verticalScrollBar()
+            bar.setValue(bar.maximum())
+
+    def scroll_to_end(self) -> None:
+        self._stick_to_bottom = True
+        self._scroll_if_sticky()
+
+    # -- selection, editor, links, context menu
+
+    def is_selected_message(self, message_id: str) -> bool:
+        return bool(message_id) and message_id == self._selected_id
+
+    def has_editor_for(self, message_id: str) -> bool:
+        return (
+            self._editor_index is not None
+            and self._editor_index.isValid()
+            and message_id == self._selected_id
+            and self.isPersistentEditorOpen(QModelIndex(self._editor_index))
+        )
+
+    def select_message(self, message_id: str) -> None:
+        """Opens the selectable text of a finished message (closing the previous one)."""
+        if self._editor_index is not None and self._editor_index.isValid():
+            self.closePersistentEditor(QModelIndex(self._editor_index))
+        self._editor_index = None
+        previous = self._selected_id
+        self._selected_id = message_id
+        index = self.index_of_message(message_id) if message_id else QModelIndex()
+        if index.isValid():
+            message = message_of(index)
+            if message.content and not self.is_streaming(message_id):
+                self._editor_index = QPersistentModelIndex(index)
+                self.openPersistentEditor(index)
+            self.viewport().update(self.visualRect(index))
+        if previous and previous != message_id:
+            old = self.index_of_message(previous)
+            if old.isValid():
+                self.viewport().update(self.visualRect(old))
+
+    def selected_message_id(self) -> str:
+        return self._selected_id
+
+    def _keep_editor_fresh(self, top_left: QModelIndex, bottom_right: QModelIndex) -> None:
+        if self._editor_index is None or not self._editor_index.isValid():
+            return
+        if top_left.row() <= self._editor_index.row() <= bottom_right.row():
+            message = message_of(QModelIndex(self._editor_index))
+            if message is None or self.is_streaming(message.id):
+                self.select_message("")
+            else:
+                editor = self.indexWidget(QModelIndex(self._editor_index))
+                if editor is not None:
+                    self._delegate.setEditorData(editor, QModelIndex(self._editor_index))
+
+    def open_anchor(self, index: QPersistentModelIndex, href: str) -> None:
+        if href.startswith(COPY_CODE_SCHEME + ":"):
+            message = message_of(QModelIndex(index))
+            if message is None:
+                return
+            _, rendered = self._delegate.document_for(message, self._delegate.content_width(message.role, self.viewport().width()))
+            number = int(href.split(":", 1)[1])
+            if rendered is not None and 0 <= number < len(rendered.code_blocks):
+                self._copy(rendered.code_blocks[number])
+            return
+        url = QUrl(href)
+        if url.scheme() in ("http", "https", "mailto"):
+            QDesktopServices.openUrl(url)
+
+    def _copy(self, text: str) -> None:
+        QGuiApplication.clipboard().setText(text)
+        self.copied.emit(text)
+
+    def copy_message(self, message_id: str) -> None:
+        index = self.index_of_message(message_id)
+        message = message_of(index) if index.isValid() else None
+        if message is not None:
+            self._copy(message.content)
+
+    def _anchor_at(self, index: QModelIndex, pos: QPoint) -> str:
+        message = message_of(index)
+        geometry = self._delegate.row_geometry(index)
+        if message is None or geometry is None or not message.content:
+            return ""
+        doc, _ = self._delegate.document_for(message, self._delegate.content_width(message.role, self.viewport().width()))
+        local = QPointF(pos.x() - geometry.content_left, pos.y() - geometry.content_top)
+        return doc.documentLayout().anchorAt(local)
+
+    def _link_at(self, index: QModelIndex, pos: QPoint) -> str:
+        geometry = self._delegate.row_geometry(index)
+        if geometry is None:
+            return ""
+        for name, rect in geometry.links.items():
+            if rect.adjusted(-3, -2, 3, 2).contains(pos):
+                return name
+        return ""
+
+    def trigger_link(self, message_id: str, name: str) -> None:
+        if name == "Copy":
+            self.copy_message(message_id)
+        elif name == "Edit":
+            self.sig_edit_requested.emit(message_id)
+        elif name == "Replay":
+            self.sig_replay_requested.emit(message_id)
+        elif name == "Regenerate":
+            self.sig_regenerate_requested.emit(message_id)
+
+    def mouseMoveEvent(self, event) -> None:
+        index = self.indexAt(event.position().toPoint())
+        pointing = False
+        if index.isValid():
+            pos = event.position().toPoint()
+            pointing = bool(self._link_at(index, pos) or self._anchor_at(index, pos))
+        self.viewport().setCursor(Qt.CursorShape.PointingHandCursor if pointing else Qt.CursorShape.ArrowCursor)
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            pos = event.position().toPoint()
+            index = self.indexAt(pos)
+            if index.isValid():
+                message = message_of(index)
+                link = self._link_at(index, pos)
+                if link:
+                    self.trigger_link(message.id, link)
+                    return
+                anchor = self._anchor_at(index, pos)
+                if anchor:
+                    self.open_anchor(QPersistentModelIndex(index), anchor)
+                    return
+                geometry = self._delegate.row_geometry(index)
+                if geometry is not None and geometry.bubble.contains(pos):
+                    self.select_message(message.id)
+                    return
+            self.select_message("")
+        super().mouseReleaseEvent(event)
+
+    def contextMenuEvent(self, event) -> None:
+        index = self.indexAt(event.pos())
+        if not index.isValid() and self._selected_id:
+            index = self.index_of_message(self._selected_id)
+        message = message_of(index) if index.isValid() else None
+        if message is None:
+            return
+        menu = self.context_menu_for(message)
+        menu.exec(event.globalPos())
+        menu.deleteLater()
+
+    def context_menu_for(self, message: Any) -> QMenu:
+        menu = QMenu(self)
+        copy_action = QAction("Copy message", menu)
+        copy_action.triggered.connect(lambda: self.copy_message(message.id))
+        menu.addAction(copy_action)
+        browser = self.indexWidget(self.index_of_message(message.id))
+        if isinstance(browser, QTextBrowser) and browser.textCursor().hasSelection():
+            selection = browser.textCursor().selection().toPlainText()
+            copy_selection = QAction("Copy selection", menu)
+            copy_selection.triggered.connect(lambda: self._copy(selection))
+            menu.insertAction(copy_action, copy_selection)
+        final = message.status not in ("streaming", "sending")
+        if message.role == "user":
+            edit = QAction("Edit and resend", menu)
+            edit.setEnabled(final)
+            edit.triggered.connect(lambda: self.sig_edit_requested.emit(message.id))
+            menu.addAction(edit)
+        else:
+            regenerate = QAction("Regenerate", menu)
+            regenerate.setEnabled(final)
+            regenerate.triggered.connect(lambda: self.sig_regenerate_requested.emit(message.id))
+            menu.addAction(regenerate)
+            replay = QAction("Replay the denoising", menu)
+            replay.setEnabled(final and bool(message.replay))
+            replay.triggered.connect(lambda: self.sig_replay_requested.emit(message.id))
+            menu.addAction(replay)
+        return menu
+
+    # -- replay rows (fed by app.replay frames through MainWindow)
+
+    def begin_replay(self, message_id: str) -> bool:
+        self.end_stream(message_id)
+        row = self._row_for(message_id, replay=True)
+        if row is None:
+            return False
+        self.select_message("")
+        self._refresh_row(row)
+        return True
+
+    # -- misc
+
+    def _relayout(self) -> None:
+        self._delegate.clear_cache()
+        self.scheduleDelayedItemsLayout()
+        self.viewport().update()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():
+            self.scheduleDelayedItemsLayout()
+
+    def changeEvent(self, event: QEvent) -> None:
+        delegate = getattr(self, "_delegate", None)
+        if delegate is not None and event.type() == QEvent.Type.FontChange:
+            delegate.set_font(self.font())
+            self._relayout()
+        super().changeEvent(event)
