@@ -106,7 +106,8 @@ class ObservableList(Generic[T]):
     """Items with an `id`, kept in order; observers hear about every change.
 
     Callbacks: `about_to_insert(index)`, `inserted(index, item)`, `changed(index, item, names)`,
-    `about_to_remove(index, item)`, `removed(index, item)`, `about_to_reset()`, `reset()`.
+    `about_to_remove(index, item)`, `removed(index, item)`, `about_to_move(old, new)`,
+    `moved(old, new, item)`, `about_to_reset()`, `reset()`.
     The `about_to_*` pairs exist because Qt item models must announce a change before it happens.
     """
 
@@ -117,6 +118,8 @@ class ObservableList(Generic[T]):
         self.changed = Callbacks()
         self.about_to_remove = Callbacks()
         self.removed = Callbacks()
+        self.about_to_move = Callbacks()
+        self.moved = Callbacks()
         self.about_to_reset = Callbacks()
         self.reset = Callbacks()
 
@@ -176,6 +179,17 @@ class ObservableList(Generic[T]):
         self.removed(index, item)
         return item
 
+    def move(self, item_id: str, new_index: int) -> None:
+        """Moves an item so that it ends up at `new_index`."""
+        old_index = self.index_of(item_id)
+        new_index = max(0, min(new_index, len(self._items) - 1))
+        if old_index == new_index:
+            return
+        self.about_to_move(old_index, new_index)
+        item = self._items.pop(old_index)
+        self._items.insert(new_index, item)
+        self.moved(old_index, new_index, item)
+
     def replace_all(self, items: list[T]) -> None:
         self.about_to_reset()
         self._items = list(items)
@@ -211,11 +225,19 @@ class Transcript(ObservableList[Message]):
 class ConversationList(ObservableList[Conversation]):
     """The sidebar's conversations, most recently updated first."""
 
-    def touch(self, conversation: Conversation) -> None:
-        """Moves a conversation that just changed to the top (inserting it if new)."""
-        if self.get(conversation.id) is not None:
-            self.remove(conversation.id)
-        self.insert(0, conversation)
+    def touch(self, conversation_id: str, updated: float) -> None:
+        """Records that a conversation changed and moves it to the top."""
+        if self.get(conversation_id) is None:
+            return
+        self.update(conversation_id, updated=updated)
+        self.move(conversation_id, 0)
+
+    def insert_sorted(self, conversation: Conversation) -> None:
+        """Inserts at the place its `updated` time gives it (newest first)."""
+        index = 0
+        while index < len(self._items) and self._items[index].updated > conversation.updated:
+            index += 1
+        self.insert(index, conversation)
 
 
 def copy_message(message: Message, **changes: Any) -> Message:

@@ -1,0 +1,358 @@
+"""`ConversationController`: what the window's buttons call. It ties the sidebar list, the open
+transcript, the `ChatStore` and the `EngineClient` together, and records each reply's replay.
+
+Window usage::
+
+    controller = ConversationController(store, client, settings)
+    sidebar.setModel(ConversationListModel(controller.conversations))
+    transcript_view.setModel(TranscriptListModel(controller.transcript))
+
+Methods
+    new_conversation() -> Conversation           creates and opens an empty conversation
+    open_conversation(id)                        loads its messages into `transcript`
+    rename_conversation(id, title)
+    delete_conversation(id)                      soft delete; undo_delete_conversation(id) restores
+    search(text) -> list[SearchHit]              titles and message text
+    send(text) -> assistant message id | None    None while another reply is generating
+    stop()                                       cancels the reply (kept, status "stopped")
+    regenerate() -> message id | None            drops the last reply and asks again
+    edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
+    replay_player(message_id, speed) -> ReplayPlayer | None
+    settings (attribute)                         an app.settings.Settings used for the next reply
+
+Signals
+    reply_started(message_id)                    an assistant message was inserted, status "streaming"
+    reply_finished(message_id, status)           "finished" | "stopped" | "interrupted" | "error"
+    generating_changed(bool)
+    conversation_opened(conversation_id)         "" when none is open
+    store_failed(text)                           a write failed (full disk, read-only); text is for the user
+
+Message statuses move: user "sending" → "finished"; assistant "streaming" → "finished" (done),
+"stopped" (cancelled; committed text kept), "interrupted" (worker died; committed text kept) or
+"error". While streaming, `Message.draft` holds the open canvas (latest wins, ≤ ~60/s) and
+`Message.content` the committed canvases; a commit is written to the store at once, so a killed
+app loses at most the open canvas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Signal
+
+from app.chat import (
+    DEFAULT_TITLE,
+    Conversation,
+    ConversationList,
+    DraftState,
+    Message,
+    Transcript,
+)
+from app.engine_client import EngineClient
+from app.replay import ReplayPlayer, ReplayRecorder
+from app.settings import Settings
+from app.store import ChatStore, SearchHit, StoreWriteError
+from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
+
+log = logging.getLogger("canvas_chat.controller")
+
+TITLE_LENGTH = 48
+
+
+@dataclass
+class _ActiveReply:
+    request_id: str
+    message: Message
+    recorder: ReplayRecorder
+
+
+def title_from(text: str) -> str:
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not line:
+        return DEFAULT_TITLE
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+class ConversationController(QObject):
+    reply_started = Signal(str)
+    reply_finished = Signal(str, str)
+    generating_changed = Signal(bool)
+    conversation_opened = Signal(str)
+    store_failed = Signal(str)
+
+    def __init__(
+        self,
+        store: ChatStore,
+        client: EngineClient,
+        settings: Settings | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.client = client
+        self.settings = settings or Settings()
+        self.conversations = ConversationList(store.list_conversations())
+        self.transcript = Transcript()
+        self._active: _ActiveReply | None = None
+        # Messages whose insert the store refused; written (in order) by the next successful write.
+        self._unsaved: dict[str, Message] = {}
+        client.draft_received.connect(self._on_client_draft_received)
+        client.draft_arrived.connect(self._on_client_draft_arrived)
+        client.canvas_committed.connect(self._on_client_canvas_committed)
+        client.generation_finished.connect(self._on_client_generation_finished)
+        client.generation_failed.connect(self._on_client_generation_failed)
+        client.generation_interrupted.connect(self._on_client_generation_interrupted)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def current_conversation_id(self) -> str:
+        return self.transcript.conversation_id
+
+    @property
+    def is_generating(self) -> bool:
+        return self._active is not None
+
+    @property
+    def active_message_id(self) -> str | None:
+        return self._active.message.id if self._active else None
+
+    @property
+    def active_request_id(self) -> str | None:
+        return self._active.request_id if self._active else None
+
+    # ------------------------------------------------------------------ conversations
+
+    def new_conversation(self) -> Conversation | None:
+        conversation = self._write(self.store.create_conversation)
+        if conversation is None:
+            return None
+        self.conversations.insert(0, conversation)
+        self.open_conversation(conversation.id)
+        return conversation
+
+    def open_conversation(self, conversation_id: str) -> None:
+        if conversation_id == "":
+            self.transcript.load("", [])
+        else:
+            messages = self.store.messages(conversation_id)
+            messages += [m for m in self._unsaved.values() if m.conversation_id == conversation_id]
+            if self._active and self._active.message.conversation_id == conversation_id:
+                # The streaming reply lives in memory; show that object, not its stored copy.
+                live = self._active.message
+                messages = [live if m.id == live.id else m for m in messages]
+                if all(m.id != live.id for m in messages):
+                    messages.append(live)
+            self.transcript.load(conversation_id, messages)
+        self.conversation_opened.emit(conversation_id)
+
+    def rename_conversation(self, conversation_id: str, title: str) -> None:
+        title = title.strip() or DEFAULT_TITLE
+        if self.conversations.get(conversation_id) is not None:
+            self.conversations.update(conversation_id, title=title)
+        self._write(self.store.rename_conversation, conversation_id, title)
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        """Hides a conversation; `undo_delete_conversation` brings it back (this session)."""
+        if self._active and self._active.message.conversation_id == conversation_id:
+            self.client.cancel(self._active.request_id)
+        if self._write(self.store.delete_conversation, conversation_id) is _FAILED:
+            return
+        if self.conversations.get(conversation_id) is not None:
+            self.conversations.remove(conversation_id)
+        if self.current_conversation_id == conversation_id:
+            self.open_conversation("")
+
+    def undo_delete_conversation(self, conversation_id: str) -> Conversation | None:
+        conversation = self._write(self.store.restore_conversation, conversation_id)
+        if conversation is None or conversation is _FAILED:
+            return None
+        if self.conversations.get(conversation_id) is None:
+            self.conversations.insert_sorted(conversation)
+        return conversation
+
+    def search(self, text: str) -> list[SearchHit]:
+        return self.store.search(text)
+
+    # ------------------------------------------------------------------ replies
+
+    def send(self, text: str) -> str | None:
+        """Sends a user message in the open conversation (a new one if none is open)."""
+        text = text.strip()
+        if not text or self._active is not None:
+            return None
+        if not self.current_conversation_id and self.new_conversation() is None:
+            return None
+        conversation_id = self.current_conversation_id
+        user_message = Message(role="user", content=text, conversation_id=conversation_id, status="sending")
+        self._add(user_message)
+        conversation = self.conversations.get(conversation_id)
+        if conversation is not None and conversation.title == DEFAULT_TITLE:
+            self.rename_conversation(conversation_id, title_from(text))
+        message_id = self._start_reply(conversation_id)
+        self._set_status(user_message, "finished")
+        return message_id
+
+    def stop(self) -> None:
+        """Cancels the streaming reply; it ends as "stopped" with its committed text."""
+        if self._active is not None:
+            self.client.cancel(self._active.request_id)
+
+    def regenerate(self) -> str | None:
+        """Drops the last assistant reply of the open conversation and asks again."""
+        if self._active is not None or not self.current_conversation_id:
+            return None
+        last = self.transcript.last()
+        if last is None:
+            return None
+        if last.role == "assistant":
+            self._remove_from(last.id)
+        if self.transcript.last(role="user") is None:
+            return None
+        return self._start_reply(self.current_conversation_id)
+
+    def edit_and_resend(self, message_id: str, text: str) -> str | None:
+        """Replaces a user message (dropping everything after it) and sends the new text."""
+        if self._active is not None:
+            return None
+        message = self.transcript.get(message_id)
+        if message is None or message.role != "user" or not text.strip():
+            return None
+        self._remove_from(message_id)
+        return self.send(text)
+
+    def replay_player(self, message_id: str, speed: float | None = None) -> ReplayPlayer | None:
+        message = self.transcript.get(message_id)
+        if message is None or not message.replay:
+            return None
+        return ReplayPlayer(message.replay, speed if speed is not None else self.settings.replay_speed)
+
+    def history_for_reply(self) -> list[ChatMessage]:
+        """What the model sees: every user message and every non-empty, non-error reply."""
+        history = []
+        for message in self.transcript:
+            if message.role == "assistant" and (message.status == "error" or not message.content):
+                continue
+            if message.status == "streaming":
+                continue
+            history.append(ChatMessage(role=message.role, content=message.content))
+        return history
+
+    def _start_reply(self, conversation_id: str) -> str:
+        history = self.history_for_reply()
+        reply = Message(role="assistant", content="", conversation_id=conversation_id, status="streaming")
+        self._add(reply)
+        request_id = self.client.generate(
+            conversation_id, history, self.settings.system_prompt, self.settings.generation_settings()
+        )
+        self._active = _ActiveReply(request_id, reply, ReplayRecorder())
+        self.reply_started.emit(reply.id)
+        self.generating_changed.emit(True)
+        return reply.id
+
+    def _finish_reply(self, status: str, content: str, **values: Any) -> None:
+        active = self._active
+        assert active is not None
+        self._active = None
+        message = active.message
+        values.update(status=status, content=content)
+        if active.recorder.frame_count:
+            values["replay"] = active.recorder.finish()
+        self._update(message, draft=None, **values)
+        self.reply_finished.emit(message.id, status)
+        self.generating_changed.emit(False)
+
+    # ------------------------------------------------------------------ engine events
+
+    def _is_active(self, request_id: str) -> bool:
+        return self._active is not None and self._active.request_id == request_id
+
+    def _on_client_draft_received(self, draft: Draft) -> None:
+        if self._is_active(draft.request_id):
+            self._update(self._active.message, persist=False, draft=DraftState.from_draft(draft))
+
+    def _on_client_draft_arrived(self, draft: Draft) -> None:
+        if self._is_active(draft.request_id):
+            self._active.recorder.record_draft(draft)
+
+    def _on_client_canvas_committed(self, commit: CanvasCommitted) -> None:
+        if not self._is_active(commit.request_id):
+            return
+        self._active.recorder.record_commit(commit)
+        self._update(self._active.message, draft=None, content=commit.reply_text)
+
+    def _on_client_generation_finished(self, done: Done) -> None:
+        if not self._is_active(done.request_id):
+            return
+        stats = dataclasses.asdict(done.stats)
+        stats["finish_reason"] = done.finish_reason
+        status = "stopped" if done.finish_reason == "cancelled" else "finished"
+        content = done.text or self._active.message.content
+        self._finish_reply(status, content, stats=stats)
+
+    def _on_client_generation_failed(self, error: Error) -> None:
+        if self._is_active(error.request_id):
+            self._finish_reply("error", self._active.message.content, error=error.message)
+
+    def _on_client_generation_interrupted(self, request_id: str) -> None:
+        if self._is_active(request_id):
+            self._finish_reply(
+                "interrupted", self._active.message.content, error="The engine stopped during this reply."
+            )
+
+    # ------------------------------------------------------------------ store + transcript
+
+    def _write(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Runs a store write, first retrying inserts it refused before. _FAILED if it fails."""
+        try:
+            for message_id, message in list(self._unsaved.items()):
+                self.store.add_message(message)
+                del self._unsaved[message_id]
+            return call(*args)
+        except StoreWriteError as exc:
+            self.store_failed.emit(str(exc))
+            return _FAILED
+
+    def _add(self, message: Message) -> None:
+        if message.conversation_id == self.current_conversation_id:
+            self.transcript.append(message)
+        if self._write(self.store.add_message, message) is _FAILED:
+            self._unsaved.setdefault(message.id, message)
+        self.conversations.touch(message.conversation_id, message.updated)
+
+    def _set_status(self, message: Message, status: str) -> None:
+        self._update(message, status=status)
+
+    def _update(self, message: Message, persist: bool = True, **values: Any) -> None:
+        """Changes a message in memory (and in the transcript if shown), then in the store."""
+        values["updated"] = time.time()
+        if self.transcript.get(message.id) is message:
+            self.transcript.update(message.id, **values)
+        else:
+            for name, value in values.items():
+                setattr(message, name, value)
+        if not persist:
+            return
+        stored = {k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay")}
+        if stored and message.id not in self._unsaved:
+            # An unsaved message is written whole (with these values) by the next successful write.
+            self._write(lambda: self.store.update_message(message.id, **stored))
+        self.conversations.touch(message.conversation_id, values["updated"])
+
+    def _remove_from(self, message_id: str) -> None:
+        index = self.transcript.index_of(message_id)
+        for message in self.transcript.remove_from(index):
+            self._unsaved.pop(message.id, None)
+        self._write(self.store.delete_messages_from, message_id)
+
+
+class _Failed:
+    def __repr__(self) -> str:
+        return "<store write failed>"
+
+
+_FAILED: Any = _Failed()
