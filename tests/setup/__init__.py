@@ -1,0 +1,1 @@
+"""Tests of the first-run path: hardware check, model download, local folder, setup screen."""
