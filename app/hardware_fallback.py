@@ -8,7 +8,6 @@ the two in step. Only `nvidia-smi`, the OS and the disk are asked: nothing leave
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -22,12 +21,14 @@ REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
 REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
 GIB = 1024**3
 
-# The simple estimate (MODEL_NOTES.md, "Size and memory"): NF4 weights with the experts
-# quantized, an 8k-token KV cache, one 256-token step's activations plus the CUDA context.
-NF4_WEIGHTS_BYTES = 15_300_000_000
+# The simple estimate (engine.planner's figures for this model at 8k tokens; MODEL_NOTES.md
+# "Size and memory"): NF4 weights with the experts quantized, an 8k-token KV cache, one
+# 256-token step's activations, the CUDA context and allocator fragmentation.
+NF4_WEIGHTS_BYTES = 15_280_000_000
 KV_BYTES_PER_TOKEN_FULL = 20_480
 KV_BYTES_SLIDING_CAP = 204_800 * 1_023
-ACTIVATIONS_BYTES = 2_000_000_000
+ACTIVATIONS_BYTES = 2_090_000_000
+OVERHEAD_BYTES = 1_690_000_000
 DEFAULT_CONTEXT_TOKENS = 8192
 DOWNLOAD_BYTES_ESTIMATE = 52_000_000_000
 MIN_COMPUTE_CAPABILITY = (7, 5)
@@ -207,20 +208,16 @@ def estimate_plan(context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any
         "weights_bytes": NF4_WEIGHTS_BYTES,
         "kv_cache_bytes": kv,
         "activations_bytes": ACTIVATIONS_BYTES,
-        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES,
+        "overhead_bytes": OVERHEAD_BYTES,
+        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES + OVERHEAD_BYTES,
     }
 
 
-def gib(value: int | float | None, *, round_up: bool = False) -> str:
-    """Bytes as the "GB" that Windows and card boxes show (GiB), e.g. '24 GB' or '7.5 GB'.
-
-    `round_up` for a requirement, so that "needs 17 GB" is never an understatement.
-    """
+def gib(value: int | float | None) -> str:
+    """Bytes as the "GB" that Windows and card boxes show (GiB), e.g. '24 GB' or '7.5 GB'."""
     if value is None:
         return "? GB"
     number = value / GIB
-    if round_up and number >= 10:
-        return f"{math.ceil(number)} GB"
     return f"{number:.0f} GB" if number >= 10 or abs(number - round(number)) < 0.05 else f"{number:.1f} GB"
 
 
@@ -254,7 +251,7 @@ def make_verdict(
     if gpu is None:
         code, summary = "no_gpu", "No NVIDIA GPU found: Canvas Chat will use the built-in demo model on the CPU."
         notes.append(
-            f"{REAL_MODEL_NAME} needs an NVIDIA GPU with about {gib(need, round_up=True)} of memory "
+            f"{REAL_MODEL_NAME} needs an NVIDIA GPU with about {gib(need)} of memory "
             "(a 24 GB card such as an RTX 3090 or 4090, or a 32 GB RTX 5090)."
         )
     else:
@@ -262,7 +259,8 @@ def make_verdict(
         total = gpu.get("total_vram_bytes")
         free = gpu.get("free_vram_bytes")
         capability = _capability(gpu.get("compute_capability"))
-        fits = plan.get("fits") if isinstance(plan.get("fits"), bool) else (total is not None and need <= total)
+        planned = plan.get("verdict")  # the planner's own verdict, when it answered for this card
+        fits = planned != "does_not_fit" if isinstance(planned, str) else (total is not None and need <= total)
         if capability is not None and capability < MIN_COMPUTE_CAPABILITY:
             code = "gpu_too_old"
             summary = (
@@ -282,28 +280,35 @@ def make_verdict(
         elif not fits:
             code = "not_enough_vram"
             summary = (
-                f"{gib(total)} of VRAM is not enough for {REAL_MODEL_NAME}: it needs about {gib(need, round_up=True)} "
+                f"{gib(total)} of VRAM is not enough for {REAL_MODEL_NAME}: it needs about {gib(need)} "
                 f"({quant}). Canvas Chat will use the built-in demo model on the CPU."
             )
             notes.append("24 GB cards (RTX 3090, RTX 4090) and 32 GB cards (RTX 5090) can run it.")
+        elif planned == "fits_shorter_context":
+            code = "ok_shorter_context"
+            limit = plan.get("max_context_tokens") or 0
+            summary = (
+                f"This PC can run {REAL_MODEL_NAME} ({quant}, {gib(total)} of VRAM) with conversations "
+                f"of up to {limit:,} tokens."
+            )
+            notes.append(f"Longer conversations ({plan.get('context_tokens', 0):,} tokens) need about {gib(need)}.")
         else:
             code = "ok"
-            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need, round_up=True)} of {gib(total)})."
-            if free is not None and free < need:
-                code = "ok_busy"
-                notes.append(
-                    f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
-                    "(games, other AI apps) before loading the model."
-                )
-    can_run = code in ("ok", "ok_busy")
+            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need)} of {gib(total)})."
+        if code in ("ok", "ok_shorter_context") and free is not None and free < min(need, total or need):
+            notes.append(
+                f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
+                "(games, other AI apps) before loading the model."
+            )
+    can_run = code in ("ok", "ok_shorter_context")
     if can_run and not model_downloaded:
         if disk_free_bytes is not None and disk_free_bytes < DOWNLOAD_BYTES_ESTIMATE:
             notes.append(
-                f"The download needs about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)} of free disk space; "
+                f"The download needs about {gib(DOWNLOAD_BYTES_ESTIMATE)} of free disk space; "
                 f"{gib(disk_free_bytes)} is free at {disk_path}."
             )
         else:
-            notes.append(f"The model is not downloaded yet (about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)}).")
+            notes.append(f"The model is not downloaded yet (about {gib(DOWNLOAD_BYTES_ESTIMATE)}).")
     if can_run and ram_total_bytes is not None and ram_total_bytes < LOW_RAM_BYTES:
         notes.append(f"With {gib(ram_total_bytes)} of system memory, loading the model will be slow.")
     return {

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -29,13 +28,15 @@ REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
 REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
 GIB = 1024**3
 
-# The simple estimate (MODEL_NOTES.md, "Size and memory", computed on the meta device): NF4
-# weights with the experts quantized, an 8k-token KV cache, and one 256-token step's
-# activations plus the CUDA context.
-NF4_WEIGHTS_BYTES = 15_300_000_000
+# The simple estimate, used when engine.planner cannot answer (its figures for this model at
+# 8k tokens; MODEL_NOTES.md "Size and memory"): NF4 weights with the experts quantized, an
+# 8k-token KV cache, one 256-token step's activations, the CUDA context and fragmentation.
+NF4_WEIGHTS_BYTES = 15_280_000_000
 KV_BYTES_PER_TOKEN_FULL = 20_480
 KV_BYTES_SLIDING_CAP = 204_800 * 1_023
-ACTIVATIONS_BYTES = 2_000_000_000
+ACTIVATIONS_BYTES = 2_090_000_000
+# CUDA context plus allocator fragmentation, as engine.planner counts them for this model.
+OVERHEAD_BYTES = 1_690_000_000
 DEFAULT_CONTEXT_TOKENS = 8192
 # The whole checkpoint (bf16 safetensors shards, tokenizer, configs) as the Hub stores it.
 DOWNLOAD_BYTES_ESTIMATE = 52_000_000_000
@@ -252,60 +253,57 @@ def estimate_plan(context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any
         "weights_bytes": NF4_WEIGHTS_BYTES,
         "kv_cache_bytes": kv,
         "activations_bytes": ACTIVATIONS_BYTES,
-        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES,
+        "overhead_bytes": OVERHEAD_BYTES,
+        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES + OVERHEAD_BYTES,
     }
 
 
-def planner_plan(gpu_memory_bytes: int, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any] | None:
-    """The memory planner's answer for this card, or None when the planner is not available.
+def planner_plan(gpu_memory_bytes: int | None, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any] | None:
+    """The memory planner's answer for a card of this size (None: ask for the requirement only).
 
-    Goes through the planner's JSON command line (its one stable interface) in this process.
+    Returns None when the planner is not available or fails; the caller falls back to the
+    simple estimate.
     """
     try:
-        from engine import planner  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    argv = [
-        "--model",
-        REAL_MODEL_ID,
-        "--gpu-memory",
-        f"{gpu_memory_bytes / GIB:.2f}GB",
-        "--context",
-        str(context_tokens),
-        "--json",
-    ]
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            planner.cli_main(argv)
-        answer = json.loads(out.getvalue())
+        from engine.planner import plan as plan_memory
+        from engine.real_config import load_config_dict
+
+        config = load_config_dict(REAL_MODEL_ID)
+        budget = gpu_memory_bytes if gpu_memory_bytes else 1024 * GIB
+        answer = plan_memory(config, "nf4", context_tokens, budget, model=REAL_MODEL_ID).to_dict()
     except Exception as exc:  # noqa: BLE001 - the estimate is a safe fallback
-        log.warning("memory planner failed, using the simple estimate: %s", exc)
+        log.warning("memory planner unavailable, using the simple estimate: %s", exc)
         return None
-    return _plan_from_planner(answer, context_tokens)
+    result = _plan_from_planner(answer, context_tokens)
+    if result is not None and not gpu_memory_bytes:
+        result.pop("fits", None)
+        result.pop("verdict", None)
+        result.pop("max_context_tokens", None)
+    return result
 
 
 def _plan_from_planner(answer: Any, context_tokens: int) -> dict[str, Any] | None:
-    """Maps the planner's JSON onto this report's plan fields; None when it has no total."""
+    """Maps the planner's `Plan.to_dict()` onto this report's plan fields."""
     if not isinstance(answer, dict):
         return None
-    best = answer.get("best") or answer.get("plan") or answer.get("recommended")
-    source = best if isinstance(best, dict) else answer
-    total = _first_int(source, "total_bytes", "required_bytes", "peak_bytes", "bytes")
+    total = _first_int(answer, "total_bytes")
     if total is None:
         return None
-    plan = {
+    plan: dict[str, Any] = {
         "source": "planner",
-        "quantization": str(source.get("quantization") or source.get("mode") or "nf4"),
-        "context_tokens": int(source.get("context_tokens") or source.get("context") or context_tokens),
-        "weights_bytes": _first_int(source, "weights_bytes"),
-        "kv_cache_bytes": _first_int(source, "kv_cache_bytes", "kv_bytes"),
-        "activations_bytes": _first_int(source, "activations_bytes"),
+        "quantization": str(answer.get("quantization") or "nf4"),
+        "context_tokens": int(answer.get("context_tokens") or context_tokens),
+        "weights_bytes": _first_int(answer, "weights_bytes"),
+        "kv_cache_bytes": _first_int(answer, "kv_cache_bytes"),
+        "activations_bytes": _first_int(answer, "activations_bytes"),
+        "overhead_bytes": _first_int(answer, "overhead_bytes"),
         "total_bytes": total,
     }
-    fits = source.get("fits", answer.get("fits"))
-    if isinstance(fits, bool):
-        plan["fits"] = fits
+    if isinstance(answer.get("verdict"), str):
+        plan["verdict"] = answer["verdict"]  # fits | fits_shorter_context | does_not_fit
+        plan["fits"] = answer["verdict"] != "does_not_fit"
+        plan["max_context_tokens"] = _first_int(answer, "max_context_tokens")
+        plan["reason"] = str(answer.get("reason") or "")
     return plan
 
 
@@ -320,16 +318,11 @@ def _first_int(mapping: dict[str, Any], *names: str) -> int | None:
 # ---------------------------------------------------------------------------- verdict
 
 
-def gib(value: int | float | None, *, round_up: bool = False) -> str:
-    """Bytes as the "GB" that Windows and card boxes show (GiB), e.g. '24 GB' or '7.5 GB'.
-
-    `round_up` for a requirement, so that "needs 17 GB" is never an understatement.
-    """
+def gib(value: int | float | None) -> str:
+    """Bytes as the "GB" that Windows and card boxes show (GiB), e.g. '24 GB' or '7.5 GB'."""
     if value is None:
         return "? GB"
     number = value / GIB
-    if round_up and number >= 10:
-        return f"{math.ceil(number)} GB"
     return f"{number:.0f} GB" if number >= 10 or abs(number - round(number)) < 0.05 else f"{number:.1f} GB"
 
 
@@ -363,7 +356,7 @@ def make_verdict(
     if gpu is None:
         code, summary = "no_gpu", "No NVIDIA GPU found: Canvas Chat will use the built-in demo model on the CPU."
         notes.append(
-            f"{REAL_MODEL_NAME} needs an NVIDIA GPU with about {gib(need, round_up=True)} of memory "
+            f"{REAL_MODEL_NAME} needs an NVIDIA GPU with about {gib(need)} of memory "
             "(a 24 GB card such as an RTX 3090 or 4090, or a 32 GB RTX 5090)."
         )
     else:
@@ -371,7 +364,8 @@ def make_verdict(
         total = gpu.get("total_vram_bytes")
         free = gpu.get("free_vram_bytes")
         capability = _capability(gpu.get("compute_capability"))
-        fits = plan.get("fits") if isinstance(plan.get("fits"), bool) else (total is not None and need <= total)
+        planned = plan.get("verdict")  # the planner's own verdict, when it answered for this card
+        fits = planned != "does_not_fit" if isinstance(planned, str) else (total is not None and need <= total)
         if capability is not None and capability < MIN_COMPUTE_CAPABILITY:
             code = "gpu_too_old"
             summary = (
@@ -391,28 +385,35 @@ def make_verdict(
         elif not fits:
             code = "not_enough_vram"
             summary = (
-                f"{gib(total)} of VRAM is not enough for {REAL_MODEL_NAME}: it needs about {gib(need, round_up=True)} "
+                f"{gib(total)} of VRAM is not enough for {REAL_MODEL_NAME}: it needs about {gib(need)} "
                 f"({quant}). Canvas Chat will use the built-in demo model on the CPU."
             )
             notes.append("24 GB cards (RTX 3090, RTX 4090) and 32 GB cards (RTX 5090) can run it.")
+        elif planned == "fits_shorter_context":
+            code = "ok_shorter_context"
+            limit = plan.get("max_context_tokens") or 0
+            summary = (
+                f"This PC can run {REAL_MODEL_NAME} ({quant}, {gib(total)} of VRAM) with conversations "
+                f"of up to {limit:,} tokens."
+            )
+            notes.append(f"Longer conversations ({plan.get('context_tokens', 0):,} tokens) need about {gib(need)}.")
         else:
             code = "ok"
-            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need, round_up=True)} of {gib(total)})."
-            if free is not None and free < need:
-                code = "ok_busy"
-                notes.append(
-                    f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
-                    "(games, other AI apps) before loading the model."
-                )
-    can_run = code in ("ok", "ok_busy")
+            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need)} of {gib(total)})."
+        if code in ("ok", "ok_shorter_context") and free is not None and free < min(need, total or need):
+            notes.append(
+                f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
+                "(games, other AI apps) before loading the model."
+            )
+    can_run = code in ("ok", "ok_shorter_context")
     if can_run and not model_downloaded:
         if disk_free_bytes is not None and disk_free_bytes < DOWNLOAD_BYTES_ESTIMATE:
             notes.append(
-                f"The download needs about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)} of free disk space; "
+                f"The download needs about {gib(DOWNLOAD_BYTES_ESTIMATE)} of free disk space; "
                 f"{gib(disk_free_bytes)} is free at {disk_path}."
             )
         else:
-            notes.append(f"The model is not downloaded yet (about {gib(DOWNLOAD_BYTES_ESTIMATE, round_up=True)}).")
+            notes.append(f"The model is not downloaded yet (about {gib(DOWNLOAD_BYTES_ESTIMATE)}).")
     if can_run and ram_total_bytes is not None and ram_total_bytes < LOW_RAM_BYTES:
         notes.append(f"With {gib(ram_total_bytes)} of system memory, loading the model will be slow.")
     return {
@@ -443,9 +444,8 @@ def probe(*, models_dir: str | os.PathLike[str] | None = None, use_torch: bool =
     ram_total, ram_available = system_ram()
     cache_dir = hub_cache_dir()
     disk_path, disk_free, disk_total = disk_space(models_dir or cache_dir)
-    plan = None
-    if gpu is not None and gpu.get("total_vram_bytes"):
-        plan = planner_plan(int(gpu["total_vram_bytes"]))
+    # Planned against the card's whole memory: what other programs hold now is a note, not a no.
+    plan = planner_plan(int(gpu["total_vram_bytes"]) if gpu and gpu.get("total_vram_bytes") else None)
     plan = plan or estimate_plan()
     downloaded = real_model_downloaded(cache_dir)
     return {
@@ -524,7 +524,7 @@ def format_report(report: dict[str, Any]) -> str:
     plan = report["plan"]
     lines.append(
         f"Memory plan ({plan['source']}): {gib(plan['total_bytes'])} for {plan['quantization'].upper()} "
-        f"at {plan['context_tokens']} tokens of context"
+        f"at {plan['context_tokens']:,} tokens of context"
     )
     lines.append(f"{REAL_MODEL_ID}: {'downloaded' if report.get('model_downloaded') else 'not downloaded'}")
     for problem in report.get("problems", []):
