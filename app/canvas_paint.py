@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 import time
 from dataclasses import dataclass
 from typing import Sequence

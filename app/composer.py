@@ -6,6 +6,8 @@ that says what is being edited.
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QFontMetrics, QKeyEvent
 from PySide6.QtWidgets import (

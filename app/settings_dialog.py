@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 import dataclasses
 
 from PySide6.QtCore import Signal

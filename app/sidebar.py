@@ -6,6 +6,8 @@ Search matches titles and message text through a function the window passes in (
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 from typing import Any, Callable
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt, QTimer, Signal

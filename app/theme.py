@@ -5,6 +5,8 @@ The scheme follows the OS (QStyleHints.colorScheme) unless the settings force on
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 from dataclasses import dataclass
 
 from PySide6.QtCore import Qt

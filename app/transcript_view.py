@@ -6,6 +6,8 @@ that runs only while a token is fading in.
 
 from __future__ import annotations
 
+import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -52,6 +54,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.canvas_paint import CanvasAnimation, CanvasSegment, layout_canvas
+from app.qt_models import MessageRole
+from app.replay import ReplayError, ReplayPlayer
 from app.markdown_render import COPY_CODE_SCHEME, RenderedMarkdown, renderer_for
 from app.theme import LIGHT, ThemeColors
 
@@ -63,6 +67,7 @@ USER_MAX_FRACTION = 0.78
 ASSISTANT_MAX_WIDTH = 900
 FRAME_MS = 16
 DOC_CACHE_SIZE = 400
+REPLAY_END_HOLD_S = 0.6
 
 STATUS_MARKS = {
     "stopped": "Stopped",
@@ -73,23 +78,7 @@ STATUS_MARKS = {
 
 def message_of(index: QModelIndex) -> Any:
     """The `app.chat.Message` behind a transcript row."""
-    return index.data(_message_role())
-
-
-def _message_role() -> int:
-    global _MESSAGE_ROLE
-    if _MESSAGE_ROLE is None:
-        try:
-            from app import qt_models
-
-            role = getattr(qt_models, "MESSAGE_ROLE", None) or getattr(qt_models, "MessageRole", None)
-        except ImportError:
-            role = None
-        _MESSAGE_ROLE = int(role) if role is not None else int(Qt.ItemDataRole.UserRole)
-    return _MESSAGE_ROLE
-
-
-_MESSAGE_ROLE: int | None = None
+    return index.data(MessageRole.MESSAGE)
 
 
 def stats_line(stats: dict[str, Any] | None) -> str:
@@ -141,6 +130,15 @@ class _RowGeometry:
     links: dict[str, QRect]
 
 
+class _Playback:
+    def __init__(self, player: ReplayPlayer, timer: QTimer):
+        self.player = player
+        self.timer = timer
+        self.timeline = player.timeline()
+        self.upcoming = next(self.timeline, None)
+        self.frames_shown = 0
+
+
 class _AnimatedRow:
     def __init__(self, index: QPersistentModelIndex, message_id: str, replay: bool):
         self.index = index
@@ -182,14 +180,22 @@ class TranscriptDelegate(QStyledItemDelegate):
 
     # -- documents
 
+    def shown_text(self, message: Any) -> str:
+        """The message text on screen: during a replay, only what was committed so far."""
+        row = self._view.animated_row(message.id)
+        if row is not None and row.replay:
+            return row.committed_text
+        return message.content
+
     def document_for(self, message: Any, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:
-        """The laid-out document of a message's (committed) text at a content width."""
-        key = (message.id, message.role, message.content, width, self.colors.name, self._font.key())
+        """The laid-out document of a message's shown (committed) text at a content width."""
+        text = self.shown_text(message)
+        key = (message.id, message.role, text, width, self.colors.name, self._font.key())
         cached = self._docs.get(key)
         if cached is not None:
             self._docs.move_to_end(key)
             return cached
-        doc, rendered = self._build_document(message.role, message.content, width)
+        doc, rendered = self._build_document(message.role, text, width)
         self._docs[key] = (doc, rendered)
         while len(self._docs) > DOC_CACHE_SIZE:
             self._docs.popitem(last=False)
@@ -256,7 +262,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         )
 
     def _body_height(self, message: Any, doc: QTextDocument, content_width: int) -> int:
-        height = doc.size().height() if message.content else 0.0
+        height = doc.size().height() if self.shown_text(message) else 0.0
         row = self._view.animated_row(message.id)
         if row is not None:
             height += self._view.canvas_block_height(row, content_width)
@@ -267,6 +273,11 @@ class TranscriptDelegate(QStyledItemDelegate):
         if message.status in ("streaming", "sending"):
             return links
         metrics = QFontMetricsF(self._small_font)
+        row = self._view.animated_row(message.id)
+        if row is not None and row.replay:
+            width = int(metrics.horizontalAdvance("Stop replay")) + 2
+            top = bubble.bottom() + 3
+            return {"Stop replay": QRect(bubble.right() - width, top, width, int(metrics.height()))}
         names = ["Copy"]
         if message.role == "user":
             names.append("Edit")
@@ -332,7 +343,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         content_width = geometry.content_width
         doc, _ = self.document_for(message, self.content_width(message.role, viewport_width))
         y = float(geometry.content_top)
-        if message.content and not self._view.has_editor_for(message.id):
+        shown = self.shown_text(message)
+        if shown and not self._view.has_editor_for(message.id):
             painter.save()
             painter.translate(geometry.content_left, y)
             context = QAbstractTextDocumentLayout.PaintContext()
@@ -340,13 +352,13 @@ class TranscriptDelegate(QStyledItemDelegate):
             context.clip = QRectF(0, 0, content_width, doc.size().height())
             doc.documentLayout().draw(painter, context)
             painter.restore()
-        if message.content:
+        if shown:
             y += doc.size().height()
 
         row = self._view.animated_row(message.id)
         if row is not None:
             self._paint_canvas(painter, row, geometry.content_left, y, content_width)
-        elif not message.content and message.status in ("streaming", "sending"):
+        elif not shown and message.status in ("streaming", "sending"):
             painter.setFont(self._small_font)
             painter.setPen(QColor(colors.dim_text))
             painter.drawText(QPointF(geometry.content_left, y + QFontMetricsF(self._small_font).ascent()), "\u2026")
@@ -375,6 +387,16 @@ class TranscriptDelegate(QStyledItemDelegate):
     def _paint_footer(self, painter: QPainter, message: Any, geometry: _RowGeometry) -> None:
         colors = self.colors
         if message.status in ("streaming", "sending"):
+            return
+        row = self._view.animated_row(message.id)
+        if row is not None and row.replay:
+            painter.setFont(self._small_font)
+            painter.setPen(QColor(colors.dim_text))
+            baseline = geometry.footer_top + 1 + QFontMetricsF(self._small_font).ascent()
+            painter.drawText(QPointF(geometry.bubble.left() + 4, baseline), "Replaying…  (Esc or click Stop replay)")
+            painter.setPen(QColor(colors.link))
+            for name, rect in geometry.links.items():
+                painter.drawText(QPointF(rect.left() + 1, baseline), name)
             return
         painter.setFont(self._small_font)
         metrics = QFontMetricsF(self._small_font)
@@ -449,6 +471,8 @@ class TranscriptView(QListView):
     sig_regenerate_requested = Signal(str)  # message id of an assistant message
     sig_replay_requested = Signal(str)
     copied = Signal(str)  # what went to the clipboard
+    replay_started = Signal(str)
+    replay_finished = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -819,6 +843,8 @@ class TranscriptView(QListView):
             self.sig_replay_requested.emit(message_id)
         elif name == "Regenerate":
             self.sig_regenerate_requested.emit(message_id)
+        elif name == "Stop replay":
+            self.stop_replay(message_id)
 
     def mouseMoveEvent(self, event) -> None:
         index = self.indexAt(event.position().toPoint())
@@ -889,16 +915,69 @@ class TranscriptView(QListView):
             menu.addAction(replay)
         return menu
 
-    # -- replay rows (fed by app.replay frames through MainWindow)
+    # -- replay of a finished reply's recorded drafts
 
-    def begin_replay(self, message_id: str) -> bool:
-        self.end_stream(message_id)
+    def start_replay(self, message_id: str, speed: float = 1.0) -> bool:
+        """Plays a finished reply's recording in its row; False when it has none (or it is broken)."""
+        index = self.index_of_message(message_id)
+        message = message_of(index) if index.isValid() else None
+        if message is None or not message.replay or message.status in ("streaming", "sending"):
+            return False
+        try:
+            player = ReplayPlayer(message.replay, speed)
+        except (ReplayError, ValueError):
+            return False
+        if not len(player):
+            return False
+        self.stop_replay(message_id)
+        if self._selected_id == message_id:
+            self.select_message("")
         row = self._row_for(message_id, replay=True)
         if row is None:
             return False
-        self.select_message("")
-        self._refresh_row(row)
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        playback = _Playback(player, timer)
+        self._replays[message_id] = playback
+        timer.timeout.connect(lambda: self._on_replay_timer_timeout(message_id))
+        timer.start(0)
+        self.replay_started.emit(message_id)
         return True
+
+    def stop_replay(self, message_id: str) -> None:
+        playback = self._replays.pop(message_id, None)
+        if playback is None:
+            return
+        playback.timer.stop()
+        playback.timer.deleteLater()
+        self.end_stream(message_id)
+        self.replay_finished.emit(message_id)
+
+    def stop_all_replays(self) -> None:
+        for message_id in list(self._replays):
+            self.stop_replay(message_id)
+
+    def is_replaying(self, message_id: str = "") -> bool:
+        return message_id in self._replays if message_id else bool(self._replays)
+
+    def _on_replay_timer_timeout(self, message_id: str) -> None:
+        playback = self._replays.get(message_id)
+        row = self._rows.get(message_id)
+        if playback is None or row is None or playback.upcoming is None:
+            self.stop_replay(message_id)
+            return
+        _, frame = playback.upcoming
+        playback.upcoming = next(playback.timeline, None)
+        playback.frames_shown += 1
+        row.committed_text = frame.committed_text
+        if frame.kind == "draft":
+            self.apply_draft(message_id, frame, replay=True)
+        else:
+            row.animation.clear()
+            row.layout, row.layout_key, row.height = None, (), 0.0
+            self._refresh_row(row)
+        delay_s = playback.upcoming[0] if playback.upcoming is not None else REPLAY_END_HOLD_S
+        playback.timer.start(int(delay_s * 1000))
 
     # -- misc
 
