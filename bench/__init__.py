@@ -1,0 +1,1 @@
+"""Canvas Chat's own benchmark: engine overhead, diffusion cost, the autoregressive baseline."""

@@ -1,0 +1,62 @@
+"""`python -m bench run --suite cpu|gpu [--size small|full] --out results.json [--chart results.png]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+
+def _finite(value):
+    """JSON has no NaN/inf: a figure that is not finite is a bug, written as null so it shows."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a benchmark suite")
+    run.add_argument("--suite", choices=("cpu", "gpu"), required=True)
+    run.add_argument("--size", choices=("small", "full"), default=None,
+                     help="tiny configs (default for --suite cpu) or the full 26B-A4B architecture (default for gpu)")
+    run.add_argument("--out", type=Path, required=True, help="results JSON")
+    run.add_argument("--chart", type=Path, default=None, help="PNG chart (default: --out with .png)")
+    run.add_argument("--no-overhead", action="store_true", help="skip the engine-overhead comparison")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads in this process and the worker (cpu suite default: 1, steadier on a shared machine)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    size = args.size or ("small" if args.suite == "cpu" else "full")
+    threads = args.threads if args.threads is not None else (1 if args.suite == "cpu" else None)
+    if threads:
+        import os
+
+        # The worker child inherits these; torch reads them when it starts.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
+
+    from bench import suite
+    from bench.chart import draw
+
+    results = suite.run(args.suite, size, overhead=not args.no_overhead, threads=threads)
+    results["command"] = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
+    chart = args.chart or args.out.with_suffix(".png")
+    draw(results, chart)
+    print(f"wrote {args.out} and {chart}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

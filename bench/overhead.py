@@ -1,0 +1,296 @@
+"""Engine overhead: the engine's generation paths against stock `generate()` on the same model.
+
+Three ways to turn the same chat message into a reply, on the same model folder, prompt, seed
+and settings, each timed from "here is the message" to "here is the reply text":
+- stock: the chat template, `model.generate()` without a streamer, decode;
+- engine in-process: `engine.generation.run_generation` (probing sampler and step streamer);
+- engine worker: a `Generate` request to `python -m engine serve` over its pipes, with every
+  draft (pieces, settled mask, entropy buckets) encoded, written and read back, until `Done`.
+Process start and model load are outside every timing. Rounds interleave the three paths, in a
+rotating order, so the other load on a shared machine falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.diffusion import NEVER_CONFIDENT
+from bench.timing import derived, figure
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Write three short sentences about the sea, the sky and a lighthouse."
+
+
+@dataclass
+class OverheadPlan:
+    max_new_tokens: int = 64
+    steps: int = 8
+    canvas_length: int = 16
+    seed: int = 1234
+    warmup: int = 2
+    runs: int = 7
+    device: str = "cpu"
+
+
+def build_model_folder(folder: Path, canvas_length: int, steps: int) -> Path:
+    """The test suite's tiny model, with adaptive stopping off so every run does the same work."""
+    sys.path.insert(0, str(REPO_ROOT))  # tests.tiny_model lives in the checkout, not the package
+    from tests.tiny_model import build_tiny_model_folder
+
+    build_tiny_model_folder(folder, canvas_length=canvas_length, max_denoising_steps=steps)
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["confidence_threshold"] = NEVER_CONFIDENT
+    # generate() stops after the canvas that holds an EOS of its generation config; an id outside
+    # the vocabulary is never sampled, so every path runs all canvases: the same work each run.
+    # (The engine still reports the reply up to the tokenizer's EOS.)
+    config["eos_token_id"] = [json.loads((folder / "config.json").read_text(encoding="utf-8"))["text_config"]["vocab_size"]]
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+class WorkerSession:
+    """One `python -m engine serve` child, spoken to exactly as the GUI does."""
+
+    def __init__(self, log_path: Path):
+        from engine import protocol
+
+        self.p = protocol
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve"],
+            cwd=str(REPO_ROOT),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        self.events: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="bench-worker-reader", daemon=True)
+        self._reader.start()
+        self._next_id = 0
+
+    def _read(self) -> None:
+        for line in iter(self.process.stdout.readline, b""):
+            try:
+                self.events.put((time.perf_counter(), self.p.decode(line, self.p.EVENT_TYPES)))
+            except self.p.ProtocolError:
+                log.warning("worker wrote a line that is not an event: %r", line[:200])
+        self.events.put((time.perf_counter(), None))
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        try:
+            return "\n".join(Path(self._log.name).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def request_id(self) -> str:
+        self._next_id += 1
+        return f"bench-{self._next_id}"
+
+    def send(self, message: Any) -> float:
+        self.process.stdin.write((self.p.encode(message) + "\n").encode("utf-8"))
+        self.process.stdin.flush()
+        return time.perf_counter()
+
+    def until(self, request_id: str, final_types: tuple, timeout_s: float) -> tuple[float, Any, int]:
+        """Waits for the request's final event; returns (arrival time, event, drafts seen before it)."""
+        deadline = time.monotonic() + timeout_s
+        drafts = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"worker gave no final event for {request_id} in {timeout_s} s")
+            arrived, event = self.events.get(timeout=remaining)
+            if event is None:
+                raise RuntimeError(f"worker exited (status {self.process.wait()}):\n{self.log_tail()}")
+            if getattr(event, "request_id", None) != request_id:
+                continue
+            if isinstance(event, self.p.Error):
+                raise RuntimeError(f"worker error {event.code}: {event.message}\n{event.detail}\n{self.log_tail()}")
+            if isinstance(event, self.p.Draft):
+                drafts += 1
+            if isinstance(event, final_types):
+                return arrived, event, drafts
+
+    def start(self, model_folder: Path, device: str, timeout_s: float) -> None:
+        p = self.p
+        rid = self.request_id()
+        self.send(p.Hello(rid, p.PROTOCOL_VERSION, client="bench"))
+        self.until(rid, (p.Ready,), timeout_s)
+        rid = self.request_id()
+        self.send(p.LoadModel(rid, model=str(model_folder), device=device, quantization="none"))
+        self.until(rid, (p.ModelLoaded,), timeout_s)
+
+    def generate(self, plan: OverheadPlan, timeout_s: float) -> tuple[float, Any, int]:
+        p = self.p
+        rid = self.request_id()
+        settings = p.GenerationSettings(
+            max_new_tokens=plan.max_new_tokens, max_denoising_steps=plan.steps, seed=plan.seed
+        )
+        request = p.Generate(rid, messages=[p.ChatMessage("user", PROMPT)], settings=settings, reuse_cache=False)
+        sent = self.send(request)
+        arrived, done, drafts = self.until(rid, (p.Done,), timeout_s)
+        return arrived - sent, done, drafts
+
+    def close(self, timeout_s: float = 20.0) -> None:
+        try:
+            if self.process.poll() is None:
+                self.send(self.p.Shutdown(self.request_id()))
+                self.process.stdin.close()
+            self.process.wait(timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self._log.close()
+
+
+@dataclass
+class _Paths:
+    stock_s: list[float] = field(default_factory=list)
+    in_process_s: list[float] = field(default_factory=list)
+    worker_s: list[float] = field(default_factory=list)
+    worker_drafts: list[int] = field(default_factory=list)
+
+
+def measure(plan: OverheadPlan, workdir: Path | None = None, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Times the three paths; returns figures, ratios and whether they produced the same tokens."""
+    if workdir is not None:
+        return _measure(plan, Path(workdir), timeout_s)
+    with tempfile.TemporaryDirectory(prefix="canvas-chat-bench-") as folder:
+        return _measure(plan, Path(folder), timeout_s)
+
+
+def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, Any]:
+    import torch
+
+    from engine import generation, protocol
+    from engine.loading import load_model
+
+    folder = build_model_folder(workdir / "tiny-diffusiongemma", plan.canvas_length, plan.steps)
+
+    # The worker imports torch and loads while this process loads its own copy.
+    worker = WorkerSession(workdir / "worker.log")
+    try:
+        loaded = load_model(str(folder), device=plan.device, quantization="none")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        messages = [{"role": "user", "content": PROMPT}]
+        settings = protocol.GenerationSettings(
+            max_new_tokens=plan.max_new_tokens, max_denoising_steps=plan.steps, seed=plan.seed
+        )
+
+        def stock() -> list[int]:
+            encoded = tokenizer.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
+            prompt = encoded["input_ids"].to(model.device)
+            torch.manual_seed(plan.seed)
+            out = model.generate(
+                prompt, max_new_tokens=plan.max_new_tokens, max_denoising_steps=plan.steps, return_dict_in_generate=False
+            )
+            new = out[0, prompt.shape[1] :].tolist()
+            tokenizer.decode(new, skip_special_tokens=True)
+            return new
+
+        def in_process() -> list[int]:
+            ids = generation.encode_prompt(tokenizer, messages)
+            result = generation.run_generation(model, tokenizer, ids, settings)
+            tokenizer.decode(result.token_ids, skip_special_tokens=True)
+            return result.token_ids
+
+        worker.start(folder, plan.device, timeout_s)
+        sync = (lambda: torch.cuda.synchronize()) if plan.device.startswith("cuda") else (lambda: None)
+
+        def timed(function) -> tuple[float, Any]:
+            sync()
+            start = time.perf_counter()
+            value = function()
+            sync()
+            return time.perf_counter() - start, value
+
+        paths = _Paths()
+        outputs: dict[str, Any] = {}
+        order = ["stock", "in_process", "worker"]
+        for index in range(plan.warmup + plan.runs):
+            for name in order[index % 3 :] + order[: index % 3]:
+                if name == "worker":
+                    seconds, done, drafts = worker.generate(plan, timeout_s)
+                    value: Any = (done.token_ids, done.stats)
+                else:
+                    seconds, value = timed(stock if name == "stock" else in_process)
+                outputs[name] = value
+                if index < plan.warmup:
+                    continue
+                if name == "worker":
+                    paths.worker_s.append(seconds)
+                    paths.worker_drafts.append(drafts)
+                else:
+                    getattr(paths, f"{name}_s").append(seconds)
+    finally:
+        worker.close()
+
+    eos_ids = generation.eos_token_ids(model, tokenizer)
+    worker_ids, worker_stats = outputs["worker"]
+    same = (
+        _until_eos(outputs["stock"], eos_ids)
+        == _until_eos(outputs["in_process"], eos_ids)
+        == _until_eos(worker_ids, eos_ids)
+    )
+    ms = lambda seconds: [s * 1000 for s in seconds]  # noqa: E731
+    stock_fig = figure(ms(paths.stock_s), "ms")
+    worker_fig = figure(ms(paths.worker_s), "ms", drafts_received=figure([float(d) for d in paths.worker_drafts], "drafts"))
+    in_process_fig = figure(ms(paths.in_process_s), "ms")
+    return {
+        "model": "tests.tiny_model (random weights, hidden 64, 2 layers, 4 experts top-2)",
+        "device": plan.device,
+        "canvas_length": plan.canvas_length,
+        "steps_per_canvas": plan.steps,
+        "max_new_tokens": plan.max_new_tokens,
+        "decoder_forwards": worker_stats.decoder_forwards,
+        "new_tokens": plan.max_new_tokens,
+        "same_tokens_on_all_paths": same,
+        "stock_generate_ms": stock_fig,
+        "engine_in_process_ms": in_process_fig,
+        "engine_worker_ms": worker_fig,
+        # Per-round ratios (the paths run back to back in each round); the median is the headline.
+        "worker_over_stock": figure(
+            [w / s for w, s in zip(paths.worker_s, paths.stock_s)], "ratio",
+            ratio_of_medians=worker_fig["median"] / stock_fig["median"],
+            ratio_of_minimums=worker_fig["min"] / stock_fig["min"], target_max=1.10,
+        ),
+        # What the worker adds per denoising step, whatever the model's own step costs.
+        "worker_added_ms_per_step": derived(
+            (worker_fig["median"] - stock_fig["median"]) / worker_stats.decoder_forwards, "ms/step",
+            (worker_fig["min"] - stock_fig["min"]) / worker_stats.decoder_forwards,
+            (worker_fig["p90"] - stock_fig["p90"]) / worker_stats.decoder_forwards,
+            meaning="(worker - stock) / decoder forwards; low/high from the minimums and p90s",
+            signed=True,  # a difference: noise can make it negative
+        ),
+        "stock_ms_per_step": stock_fig["median"] / worker_stats.decoder_forwards,
+        "in_process_over_stock": figure(
+            [i / s for i, s in zip(paths.in_process_s, paths.stock_s)], "ratio",
+            ratio_of_medians=in_process_fig["median"] / stock_fig["median"],
+            ratio_of_minimums=in_process_fig["min"] / stock_fig["min"], target_max=1.10,
+        ),
+    }
+
+
+def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+    """Stock output as the engine reports it: up to and including the first EOS, no pad."""
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return list(ids[: position + 1])
+    return list(ids)
