@@ -215,14 +215,15 @@ def disk_space(path: str | os.PathLike[str]) -> tuple[str, int | None, int | Non
 
 
 def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads (honours HF_HOME and HF_HUB_CACHE)."""
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except Exception:  # noqa: BLE001
-        home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub")
+    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
+    environment now (its constants are fixed when it is first imported)."""
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if cache:
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
 
 
 def real_model_downloaded(cache_dir: Path | None = None) -> bool:
