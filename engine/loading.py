@@ -206,9 +206,11 @@ def _load_unquantized(folder: Path, *, device: str, quantization: str):
 
 
 def _load_quantized(folder: Path, *, quantization: str, device: str, vision: bool, progress: ProgressCallback):
-    # --- quantized loading dispatch (issue 4): the streaming NF4 loader lives in engine/streaming_loader.py
+    # --- quantized loading dispatch (issue 4) -------------------------------------------------
+    # engine.quantized_copy.load_quantized: uses the NF4 copy in the user's models folder when it is
+    # valid, else streams + quantizes the source (engine/streaming_loader.py) and saves the copy.
     try:
-        from engine.streaming_loader import load_model_streaming
+        from engine.quantized_copy import load_quantized
     except ImportError:
         raise EngineError("load_failed", f"{quantization} loading is not available in this build.") from None
 
@@ -216,6 +218,5 @@ def _load_quantized(folder: Path, *, quantization: str, device: str, vision: boo
         info = dict(info)
         progress(info.pop("stage", "weights"), info.pop("message", ""), float(info.pop("fraction", 0.5)), **info)
 
-    return load_model_streaming(
-        folder, quantization=quantization, device=device, vision=vision, progress=forward_progress
-    )
+    return load_quantized(folder, quantization=quantization, device=device, vision=vision, progress=forward_progress)
+    # --- end of the issue 4 dispatch --------------------------------------------------------
