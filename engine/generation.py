@@ -197,7 +197,7 @@ class ForcedReplyProcessor:
         for rank, position in enumerate(order):
             self.rank[position] = rank
 
-    def __call__(self, input_ids, scores, cur_step=None, **_: Any):
+    def __call__(self, input_ids, scores, cur_step):
         steps_done = self.max_steps - int(cur_step)
         per_step = math.ceil(self.canvas_length / min(self.REVEAL_STEPS, self.max_steps))
         revealed = (steps_done + 1) * per_step
