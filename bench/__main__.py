@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, required=True, help="results JSON")
     run.add_argument("--chart", type=Path, default=None, help="PNG chart (default: --out with .png)")
     run.add_argument("--no-overhead", action="store_true", help="skip the engine-overhead comparison")
+    run.add_argument("--dtypes", default=None, help="comma list, e.g. bf16,nf4 (default: the suite's own)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads in this process and the worker (cpu suite default: 1, steadier on a shared machine)")
     args = parser.parse_args(argv)
@@ -48,12 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     from bench import suite
     from bench.chart import draw
 
-    results = suite.run(args.suite, size, overhead=not args.no_overhead, threads=threads)
-    results["command"] = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     chart = args.chart or args.out.with_suffix(".png")
-    draw(results, chart)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(results: dict, complete: bool) -> None:
+        results = {**results, "command": command, "complete": complete}
+        args.out.write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
+        if results.get("dtypes"):
+            draw(results, chart)
+
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip()) if args.dtypes else None
+    results = suite.run(
+        args.suite, size, overhead=not args.no_overhead, threads=threads, dtypes=dtypes,
+        on_progress=lambda partial: write(partial, complete=False),
+    )
+    write(results, complete=True)
     print(f"wrote {args.out} and {chart}", file=sys.stderr)
     return 0
 

@@ -33,7 +33,7 @@ def draw(results: dict[str, Any], path: Path) -> Path:
         ar = data["autoregressive"]["tokens_per_s"]
         ax.axhline(ar["median"], linestyle="--", color=colour, alpha=0.9,
                    label=f"autoregressive Gemma 4 {dtype}: {ar['median']:,.0f} tokens/s")
-        ax.axhspan(ar["low"], ar["high"], color=colour, alpha=0.08)
+        ax.axhspan(ar["low"], ar["high"], color=colour, alpha=0.12)
         all_values += medians + [ar["median"]]
 
     # Where the published 15-20 tokens per forward would put a real, adaptive run.
@@ -44,6 +44,8 @@ def draw(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("tokens/s, end to end (median, p10-p90)")
     if all_values and max(all_values) / max(min(all_values), 1e-9) > 20:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_xlim(0, max(results["plan"]["steps_per_canvas"]) + 4)
     ticks = list(results["plan"]["steps_per_canvas"])
     ax.set_xticks(ticks)

@@ -22,28 +22,44 @@ def build(model_class: Any, config: Any, device: str, dtype_name: str, seed: int
     return model.eval()
 
 
-def quantize_nf4(model: Any) -> str | None:
-    """Quantizes `model` to NF4 with the engine's own path, if that path exists.
+def quantize_nf4(model: Any, quantization: str = "nf4") -> str:
+    """Quantizes `model` in place to NF4 with the engine's own path (engine/quantization.py).
 
-    Returns the name of the function used, or None when the engine has no such path yet.
+    DiffusionGemma goes through `engine.quantization.quantize_model`, exactly as a benchmark of
+    the app should. The AR baseline gets the same primitives on Gemma 4's experts, which have the
+    same (experts, 2I, H) / (experts, H, I) layout, so both sides carry the same 4-bit weights:
+    text linears and experts in NF4; embedding, router, norms and lm_head in bf16.
+    Raises ImportError when the engine has no NF4 path (or bitsandbytes is missing).
     """
-    try:
-        from engine import quantization  # the fit issue's NF4 path (engine/quantization.py)
-    except ImportError:
-        return None
-    for name in ("quantize_model_nf4", "quantize_nf4", "apply_nf4", "quantize_model"):
-        function = getattr(quantization, name, None)
-        if callable(function):
-            function(model)
-            return f"engine.quantization.{name}"
-    return None
+    from engine import quantization as q
+    from transformers import DiffusionGemmaForBlockDiffusion
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4TextExperts
+
+    q._bnb()  # ImportError here when bitsandbytes is not installed
+    if isinstance(model, DiffusionGemmaForBlockDiffusion):
+        q.quantize_model(model, quantization)
+        return "engine.quantization.quantize_model"
+    settings = q.settings_for(quantization)
+    compute_dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    for name, module in list(model.named_modules()):
+        if q.is_text_linear(name, module):
+            q.set_submodule(model, name, q.quantize_linear(module.weight.data, settings, module.weight.device, compute_dtype))
+        elif isinstance(module, Gemma4TextExperts):
+            for attr in ("gate_up_proj", "down_proj"):
+                data = getattr(module, attr).data
+                weight = q.NF4ExpertWeight.quantize(
+                    lambda a, b, data=data: data[a:b], tuple(data.shape), settings, data.device, compute_dtype
+                )
+                q.set_submodule(model, f"{name}.{attr}", weight)
+                del data
+    q.use_nf4_experts(model)
+    return "engine.quantization primitives (quantize_linear, NF4ExpertWeight) on Gemma4TextExperts"
 
 
-def release(*models: Any) -> None:
-    """Frees models' memory before the next architecture is built (both do not fit a GPU at once)."""
+def release() -> None:
+    """Frees the memory of models already dropped by the caller (both architectures do not fit a GPU at once)."""
     import torch
 
-    del models
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -57,3 +73,14 @@ def parameter_count(model: Any) -> int:
             seen.add(id(parameter))
             total += parameter.numel()
     return total
+
+
+def weight_gib(model: Any) -> float:
+    """Memory the weights take, quantized buffers included."""
+    total = 0
+    seen: set[int] = set()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen and tensor.device.type != "meta":
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return round(total / 1024**3, 3)
