@@ -395,7 +395,7 @@ class ModelSetupDialog(QDialog):
         state = self.download.state
         running = state in ("running", "pausing", "cancelling")
         downloaded = state == "done" or bool(self.report and self.report.get("model_downloaded"))
-        resumable = state in ("paused", "failed") or self._has_partial_download()
+        resumable = state == "paused" or (state != "cancelled" and self._has_partial_download())
         self.download_button.setText("Resume download" if resumable and state != "done" else f"Download {REAL_MODEL_NAME}")
         self.download_button.setEnabled(not running and state != "done")
         self.token_edit.setEnabled(not running)
