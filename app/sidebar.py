@@ -50,7 +50,14 @@ class ConversationFilter(QSortFilterProxyModel):
         index = self.sourceModel().index(source_row, 0, source_parent)
         return index.data(ConversationRole.ID) in self._matches
 
+    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
+        # Titles are edited in place; the edit goes to the sidebar's rename signal (_TitleDelegate).
+        flags = super().flags(index)
+        return flags | Qt.ItemFlag.ItemIsEditable if index.isValid() else flags
+
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.EditRole:
+            return super().data(index, ConversationRole.TITLE)
         if role == Qt.ItemDataRole.ToolTipRole and self._matches:
             snippet = self._matches.get(super().data(index, ConversationRole.ID), "")
             if snippet:

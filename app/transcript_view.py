@@ -9,7 +9,7 @@ from __future__ import annotations
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         self._small_font = QFont(self._font)
         self._small_font.setPointSizeF(max(7.0, self._font.pointSizeF() * 0.85))
         self._mono_family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
+        self.paint_counts: Counter[str] = Counter()  # paints per message id (tests, benchmark)
 
     # -- configuration
 
@@ -321,6 +322,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         message = message_of(index)
         if message is None:
             return
+        self.paint_counts[message.id] += 1
         colors = self.colors
         viewport_width = self._view.viewport().width()
         geometry = self._geometry(option.rect, message, viewport_width)
@@ -472,6 +474,7 @@ class TranscriptView(QListView):
     sig_replay_requested = Signal(str)
     copied = Signal(str)  # what went to the clipboard
     replay_started = Signal(str)
+    replay_progressed = Signal(str, int)  # message id, frames shown so far
     replay_finished = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
@@ -978,6 +981,7 @@ class TranscriptView(QListView):
             self._refresh_row(row)
         delay_s = playback.upcoming[0] if playback.upcoming is not None else REPLAY_END_HOLD_S
         playback.timer.start(int(delay_s * 1000))
+        self.replay_progressed.emit(message_id, playback.frames_shown)
 
     # -- misc
 
