@@ -18,6 +18,7 @@ Methods
     regenerate() -> message id | None            drops the last reply and asks again
     edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
     replay_player(message_id, speed) -> ReplayPlayer | None
+    close()                                      disconnects from the client (call on window close)
     settings (attribute)                         an app.settings.Settings used for the next reply
 
 Signals
@@ -100,12 +101,22 @@ class ConversationController(QObject):
         self._active: _ActiveReply | None = None
         # Messages whose insert the store refused; written (in order) by the next successful write.
         self._unsaved: dict[str, Message] = {}
-        client.draft_received.connect(self._on_client_draft_received)
-        client.draft_arrived.connect(self._on_client_draft_arrived)
-        client.canvas_committed.connect(self._on_client_canvas_committed)
-        client.generation_finished.connect(self._on_client_generation_finished)
-        client.generation_failed.connect(self._on_client_generation_failed)
-        client.generation_interrupted.connect(self._on_client_generation_interrupted)
+        self._client_hooks = [
+            (client.draft_received, self._on_client_draft_received),
+            (client.draft_arrived, self._on_client_draft_arrived),
+            (client.canvas_committed, self._on_client_canvas_committed),
+            (client.generation_finished, self._on_client_generation_finished),
+            (client.generation_failed, self._on_client_generation_failed),
+            (client.generation_interrupted, self._on_client_generation_interrupted),
+        ]
+        for signal, slot in self._client_hooks:
+            signal.connect(slot)
+
+    def close(self) -> None:
+        """Stops listening to the engine client (the store and client stay open: they are not ours)."""
+        for signal, slot in self._client_hooks:
+            signal.disconnect(slot)
+        self._client_hooks = []
 
     # ------------------------------------------------------------------ state
 

@@ -114,6 +114,8 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
         reason = "the file is read-only"
     elif "locked" in text or "busy" in text:
         reason = "another program is using it"
+    elif "closed" in text:
+        reason = "the database is already closed"
     else:
         reason = str(exc)
     return f"Could not save the chat to {path}: {reason}. Your messages stay in this window."
@@ -195,8 +197,8 @@ class ChatStore:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
             log.error("chat database write failed: %s", exc)
             raise StoreWriteError(_describe(exc, self.path)) from exc

@@ -1,0 +1,214 @@
+"""ConversationController: send/stop/regenerate/edit-and-resend through the real worker, and the
+routing of interrupted/error replies, store failures and restarts through the store."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from app.chat import DEFAULT_TITLE
+from app.conversation_controller import ConversationController, title_from
+from app.engine_client import EngineClient, EngineState
+from app.replay import decode_frames
+from app.settings import Settings
+from app.store import ChatStore
+from engine.protocol import CanvasCommitted
+from tests.conftest import timeout_ms
+from tests.gui.conftest import REPLY
+
+TEST_SETTINGS = Settings(max_new_tokens=128, max_denoising_steps=8, seed=3, system_prompt="Be kind.")
+
+
+@pytest.fixture
+def controller(shared_engine_client, chat_store, qtbot):
+    client = shared_engine_client.client
+    qtbot.waitUntil(lambda: client.state == EngineState.READY, timeout=timeout_ms(60))
+    controller = ConversationController(chat_store, client, TEST_SETTINGS)
+    yield controller
+    controller.close()
+    assert client.state == EngineState.READY, "a test left the shared worker busy"
+
+
+@pytest.fixture
+def offline_controller(qapp, chat_store):
+    """A controller whose engine never started: every request fails (asynchronously)."""
+    client = EngineClient()
+    controller = ConversationController(chat_store, client, TEST_SETTINGS)
+    yield controller, client
+    controller.close()
+    client.deleteLater()
+
+
+def _send_and_wait(qtbot, controller, text, seconds=60):
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(seconds)) as finished:
+        message_id = controller.send(text)
+        assert message_id
+    assert finished.args[0] == message_id
+    return message_id, finished.args[1]
+
+
+def _stored(controller):
+    return [(m.id, m.role, m.status, m.content) for m in controller.store.messages(controller.current_conversation_id)]
+
+
+def _shown(controller):
+    return [(m.id, m.role, m.status, m.content) for m in controller.transcript]
+
+
+def test_send_streams_drafts_and_persists_the_reply(controller, qtbot):
+    drafts_seen = []
+    controller.transcript.changed.connect(
+        lambda index, message, names: drafts_seen.append(message.draft) if "draft" in names and message.draft else None
+    )
+    message_id, status = _send_and_wait(qtbot, controller, "Hello there\nsecond line")
+    assert status == "finished"
+    reply = controller.transcript.get(message_id)
+    assert reply.content == REPLY and reply.draft is None
+    assert reply.stats["finish_reason"] == "eos" and reply.stats["tokens_per_s"] > 0
+    assert drafts_seen, "the transcript never saw the open canvas"
+    frames = list(decode_frames(reply.replay))
+    assert any(f.kind == "draft" for f in frames) and frames[-1].committed_text == REPLY
+    assert [m.role for m in controller.transcript] == ["user", "assistant"]
+    assert controller.transcript[0].status == "finished"
+    assert _stored(controller) == _shown(controller)
+    stored_reply = controller.store.get_message(message_id)
+    assert stored_reply.stats == reply.stats and stored_reply.replay == reply.replay
+    conversation = controller.conversations[0]
+    assert conversation.id == controller.current_conversation_id and conversation.title == "Hello there"
+    assert not controller.is_generating
+
+
+def test_stop_keeps_the_committed_part_as_stopped(controller, qtbot):
+    controller.new_conversation()
+    with qtbot.waitSignal(controller.client.canvas_committed, timeout=timeout_ms(60)):
+        message_id = controller.send("Tell me a long story")
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(30)) as finished:
+        controller.stop()
+    assert finished.args == [message_id, "stopped"]
+    reply = controller.transcript.get(message_id)
+    assert reply.content and REPLY.startswith(reply.content) and reply.content != REPLY
+    assert controller.store.get_message(message_id).content == reply.content
+    assert controller.store.get_message(message_id).status == "stopped"
+
+
+def test_regenerate_and_edit_and_resend(controller, qtbot):
+    first_reply, _ = _send_and_wait(qtbot, controller, "first question")
+    _send_and_wait(qtbot, controller, "second question")
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(60)) as finished:
+        regenerated = controller.regenerate()
+    assert finished.args == [regenerated, "finished"]
+    assert [m.content for m in controller.transcript] == ["first question", REPLY, "second question", REPLY]
+    assert controller.transcript[-1].id == regenerated
+    assert _stored(controller) == _shown(controller)
+
+    first_user = controller.transcript[0]
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(60)):
+        controller.edit_and_resend(first_user.id, "first question, edited")
+    assert [m.content for m in controller.transcript] == ["first question, edited", REPLY]
+    assert first_reply not in [m.id for m in controller.transcript]
+    assert _stored(controller) == _shown(controller)
+
+
+def test_only_one_reply_at_a_time(controller, qtbot):
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(60)):
+        assert controller.send("one")
+        assert controller.send("two") is None
+        assert controller.regenerate() is None
+        assert controller.edit_and_resend(controller.transcript[0].id, "x") is None
+    assert len(controller.transcript) == 2
+
+
+def test_conversations_persist_across_a_restart(controller, qtbot):
+    _send_and_wait(qtbot, controller, "remember me")
+    conversation_id = controller.current_conversation_id
+    shown = _shown(controller)
+    controller.store.close()
+    with ChatStore() as store:
+        again = ConversationController(store, controller.client, TEST_SETTINGS)
+        assert [c.id for c in again.conversations] == [conversation_id]
+        again.open_conversation(conversation_id)
+        assert _shown(again) == shown
+        assert again.transcript[1].replay and again.transcript[1].stats["finish_reason"] == "eos"
+        again.close()
+    controller.store = ChatStore()  # so the fixture's store can close
+
+
+def test_rename_delete_undo_and_search(offline_controller):
+    controller, _ = offline_controller
+    a = controller.new_conversation()
+    b = controller.new_conversation()
+    assert [c.id for c in controller.conversations] == [b.id, a.id]
+    controller.rename_conversation(a.id, "  Pancakes  ")
+    assert controller.conversations.get(a.id).title == "Pancakes"
+    assert [h.conversation.id for h in controller.search("pancake")] == [a.id]
+    controller.delete_conversation(b.id)
+    assert controller.current_conversation_id == "" and len(controller.transcript) == 0
+    assert [c.id for c in controller.conversations] == [a.id]
+    controller.undo_delete_conversation(b.id)
+    assert [c.id for c in controller.conversations] == [b.id, a.id]
+
+
+def test_engine_failure_marks_the_reply_error(offline_controller, qtbot):
+    controller, _ = offline_controller
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)) as finished:
+        message_id = controller.send("anyone there?")
+    assert finished.args == [message_id, "error"]
+    reply = controller.transcript.get(message_id)
+    assert "not running" in reply.error
+    assert controller.store.get_message(message_id).status == "error"
+    assert controller.history_for_reply() == [("user", "anyone there?")] or [
+        (m.role, m.content) for m in controller.history_for_reply()
+    ] == [("user", "anyone there?")]
+
+
+def test_worker_death_marks_the_reply_interrupted_keeping_committed_text(offline_controller, qtbot):
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    request_id = controller.active_request_id
+    # What the client reports when a worker dies after one canvas (see test_engine_client).
+    client.canvas_committed.emit(CanvasCommitted(request_id, 0, "partial ", "partial ", 4, 8))
+    assert controller.store.get_message(message_id).content == "partial "  # written at the commit
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)) as finished:
+        client.generation_interrupted.emit(request_id)
+    assert finished.args == [message_id, "interrupted"]
+    stored = controller.store.get_message(message_id)
+    assert (stored.status, stored.content) == ("interrupted", "partial ")
+    with qtbot.assertNotEmitted(controller.reply_finished, wait=50):
+        pass  # the late "engine stopped" error of that request is ignored
+
+
+def test_app_killed_mid_reply_keeps_committed_text_as_interrupted(offline_controller):
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    client.canvas_committed.emit(CanvasCommitted(controller.active_request_id, 0, "shown ", "shown ", 3, 8))
+    path = controller.store.path
+    controller.close()  # the app dies here: no final write
+    controller.store.close()
+    with ChatStore(path) as reopened:
+        stored = reopened.get_message(message_id)
+    assert (stored.status, stored.content) == ("interrupted", "shown ")
+
+
+def test_store_failure_keeps_messages_in_memory_and_saves_them_later(offline_controller, qtbot, caplog):
+    controller, _ = offline_controller
+    controller.new_conversation()
+    failures = []
+    controller.store_failed.connect(failures.append)
+    controller.store._db.execute("PRAGMA query_only = ON")
+    with caplog.at_level(logging.ERROR, logger="canvas_chat.store"):
+        with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+            message_id = controller.send("kept in memory")
+    assert failures and "read-only" in failures[0]
+    assert [m.content for m in controller.transcript] == ["kept in memory", ""]
+    controller.store._db.execute("PRAGMA query_only = OFF")
+    controller.rename_conversation(controller.current_conversation_id, "Saved later")
+    stored = controller.store.messages(controller.current_conversation_id)
+    assert [(m.role, m.content) for m in stored] == [("user", "kept in memory"), ("assistant", "")]
+    assert stored[1].id == message_id and stored[1].status == "error"
+
+
+def test_title_from_first_line():
+    assert title_from("\n  Hello world \nmore") == "Hello world"
+    assert title_from("   ") == DEFAULT_TITLE
+    assert len(title_from("x" * 200)) == 48
