@@ -1,0 +1,280 @@
+"""The real worker process on a tiny model: handshake, load, drafts, cancel, cache, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine import protocol as p
+from tests.worker_process import WorkerProcess, assistant, new_id, user
+
+# Forced through the real denoising loop; about 30 tokens, so two canvases of 16.
+TWO_CANVAS_REPLY = "Paris is the capital of France, and Rome is the capital of Italy."
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    """One worker with the tiny model loaded, shared by the tests that leave it usable."""
+    process = WorkerProcess(CANVAS_CHAT_TEST_FORCE_REPLY=TWO_CANVAS_REPLY)
+    process.hello()
+    loaded = process.load(tiny_model_dir)
+    assert isinstance(loaded[-1], p.ModelLoaded), loaded[-1]
+    yield process
+    assert process.close() == 0
+
+
+def generate(worker, messages, conversation_id="", **settings):
+    request = p.Generate(new_id(), messages, conversation_id, settings=p.GenerationSettings(**settings))
+    return request, worker.request(request)
+
+
+def test_handshake_reports_protocol_version_and_pid():
+    process = WorkerProcess()
+    ready = process.hello()
+    assert ready.protocol_version == p.PROTOCOL_VERSION
+    assert ready.pid == process.process.pid
+    assert process.close() == 0
+
+
+def test_protocol_version_mismatch_is_a_fatal_error_with_a_clear_message():
+    process = WorkerProcess()
+    process.send(p.Hello("h1", p.PROTOCOL_VERSION + 1))
+    error = process.next_event()
+    assert isinstance(error, p.Error)
+    assert error.code == "protocol_mismatch" and not error.recoverable
+    assert f"version {p.PROTOCOL_VERSION + 1}" in error.message
+    assert process.process.wait(30) == 3
+    process.close()
+
+
+def test_load_reports_progress_then_model_loaded(tiny_model_dir):
+    process = WorkerProcess()
+    process.hello()
+    events = process.load(tiny_model_dir)
+    progress = [e for e in events if isinstance(e, p.LoadProgress)]
+    assert progress, "no load progress before the model was loaded"
+    fractions = [e.fraction for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    loaded = events[-1]
+    assert isinstance(loaded, p.ModelLoaded)
+    assert loaded.device == "cpu" and loaded.canvas_length == 16 and loaded.parameters > 0
+    assert process.close() == 0
+
+
+def test_two_canvas_reply_streams_drafts_then_commits_then_done(worker):
+    request, events = generate(worker, [user("What are the capitals?")], seed=7, max_new_tokens=64)
+    kinds = [type(e).__name__ for e in events]
+    done = events[-1]
+    assert isinstance(done, p.Done), kinds
+    assert done.finish_reason == "eos"
+    assert done.text == TWO_CANVAS_REPLY
+    commits = [e for e in events if isinstance(e, p.CanvasCommitted)]
+    assert [c.canvas_index for c in commits] == [0, 1]
+    assert commits[-1].reply_text == TWO_CANVAS_REPLY
+    assert sum(c.token_count for c in commits) + 1 == len(done.token_ids)  # + the EOS
+    # Each canvas is preceded by its drafts, numbered step by step.
+    for commit in commits:
+        drafts = [e for e in events if isinstance(e, p.Draft) and e.canvas_index == commit.canvas_index]
+        assert drafts and events.index(drafts[-1]) < events.index(commit)
+        assert [d.step_index for d in drafts] == sorted(d.step_index for d in drafts)
+        for draft in drafts:
+            assert len(draft.pieces) == len(draft.settled) == len(draft.entropy)
+            assert all(0 <= bucket < p.ENTROPY_BUCKETS for bucket in draft.entropy)
+        # The first draft is mostly noise; the last has every position settled.
+        assert not all(drafts[0].settled)
+        assert all(drafts[-1].settled) and "".join(drafts[-1].pieces) == commit.text
+    stats = done.stats
+    assert stats.canvases == 2 and stats.new_tokens == len(done.token_ids)
+    assert stats.decoder_forwards == len([e for e in events if isinstance(e, p.Draft)]) or stats.decoder_forwards > 0
+    assert stats.tokens_per_forward == pytest.approx(stats.new_tokens / stats.decoder_forwards, rel=1e-3)
+    assert 0 < stats.time_to_first_draft_s <= stats.wall_s
+
+
+def test_cancel_mid_canvas_stops_within_one_step_and_the_worker_stays_usable(tiny_model_dir):
+    process = WorkerProcess(CANVAS_CHAT_TEST_STEP_DELAY="0.3")
+    process.hello()
+    process.load(tiny_model_dir)
+    request = p.Generate(new_id(), [user("Tell me a long story")], settings=p.GenerationSettings(seed=1, max_new_tokens=64))
+    process.send(request)
+    first = process.next_event()
+    assert isinstance(first, p.Draft) and first.canvas_index == 0
+    process.send(p.Cancel(new_id(), request.request_id))
+    events = process.events_until(request.request_id)
+    done = events[-1]
+    assert isinstance(done, p.Done) and done.finish_reason == "cancelled"
+    # The cancel arrives during the step after the first draft: at most one more step runs.
+    assert len([e for e in events if isinstance(e, p.Draft)]) <= 1
+    assert not [e for e in events if isinstance(e, p.CanvasCommitted)]
+    _, after = generate(process, [user("And now?")], seed=2, max_new_tokens=16)
+    assert isinstance(after[-1], p.Done) and after[-1].finish_reason in ("eos", "length")
+    assert process.close() == 0
+
+
+def test_second_turn_with_cache_equals_reencoding_the_whole_conversation(worker):
+    conversation = new_id()
+    first_question = [user("What are the capitals?")]
+    _, first = generate(worker, first_question, conversation, seed=3, max_new_tokens=64)
+    reply = first[-1].text
+    follow_up = [*first_question, assistant(reply), user("And the capital of Spain?")]
+
+    cached_request = p.Generate(new_id(), follow_up, conversation, settings=p.GenerationSettings(seed=11, max_new_tokens=64))
+    cached = worker.request(cached_request)[-1]
+    assert cached.stats.cached_tokens > 0, "the follow-up did not reuse the conversation's cache"
+    assert cached.stats.cached_tokens < cached.stats.prompt_tokens
+
+    # The same conversation again, but encoded from scratch.
+    other = new_id()
+    generate(worker, first_question, other, seed=3, max_new_tokens=64)
+    fresh_request = p.Generate(
+        new_id(), follow_up, other, settings=p.GenerationSettings(seed=11, max_new_tokens=64), reuse_cache=False
+    )
+    fresh = worker.request(fresh_request)[-1]
+    assert fresh.stats.cached_tokens == 0
+    assert fresh.stats.prompt_tokens == cached.stats.prompt_tokens
+    assert fresh.token_ids == cached.token_ids
+
+
+def test_edited_history_is_reencoded_not_served_from_a_stale_cache(worker):
+    conversation = new_id()
+    question = [user("What are the capitals?")]
+    _, first = generate(worker, question, conversation, seed=3, max_new_tokens=64)
+    edited = [*question, assistant(first[-1].text + " (edited)"), user("Really?")]
+    _, second = generate(worker, edited, conversation, seed=4, max_new_tokens=64)
+    assert isinstance(second[-1], p.Done)
+    assert second[-1].stats.cached_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("breakage", "code", "words"),
+    [
+        ("missing_folder", "model_not_found", "No model folder"),
+        ("no_config", "model_broken", "no config.json"),
+        ("bad_config", "model_broken", "cannot be read"),
+        ("missing_shard", "model_broken", "no weights"),
+        ("corrupt_weights", "model_broken", "cannot be loaded"),
+        ("no_tokenizer", "tokenizer_missing", "no tokenizer"),
+        ("wrong_type", "wrong_model_type", "DiffusionGemma"),
+        ("hub_id_not_downloaded", "model_not_downloaded", "not been downloaded"),
+    ],
+)
+def test_broken_model_gives_a_clear_error_and_the_worker_keeps_serving(worker, tiny_model_dir, tmp_path, breakage, code, words):
+    folder = tmp_path / "model"
+    if breakage != "missing_folder":
+        shutil.copytree(tiny_model_dir, folder)
+    model = str(folder)
+    if breakage == "no_config":
+        (folder / "config.json").unlink()
+    elif breakage == "bad_config":
+        (folder / "config.json").write_text("{ not json")
+    elif breakage == "missing_shard":
+        (folder / "model.safetensors").unlink()
+    elif breakage == "corrupt_weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif breakage == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink()
+    elif breakage == "wrong_type":
+        config = json.loads((folder / "config.json").read_text())
+        config["model_type"] = "llama"
+        (folder / "config.json").write_text(json.dumps(config))
+    elif breakage == "hub_id_not_downloaded":
+        model = "google/not-downloaded-model"
+    events = worker.load(model)
+    error = events[-1]
+    assert isinstance(error, p.Error), error
+    assert error.code == code and error.recoverable
+    assert words in error.message
+    # Still serving: the previous model is gone, so reload it and generate.
+    assert isinstance(worker.load(tiny_model_dir)[-1], p.ModelLoaded)
+
+
+def test_model_loads_by_hub_id_from_the_local_hugging_face_cache(tiny_model_dir, tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--google--tiny-diffusiongemma" / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (cache / "models--google--tiny-diffusiongemma" / "refs").mkdir()
+    (cache / "models--google--tiny-diffusiongemma" / "refs" / "main").write_text("a" * 40)
+    process = WorkerProcess(HF_HUB_CACHE=str(cache))
+    process.hello()
+    loaded = process.load("google/tiny-diffusiongemma")[-1]
+    assert isinstance(loaded, p.ModelLoaded), loaded
+    assert loaded.model == "google/tiny-diffusiongemma" and loaded.model_path == str(snapshot)
+    assert process.close() == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"max_new_tokens": 0}, "max new tokens must be positive"),
+        ({"max_denoising_steps": -1}, "denoising steps must be positive"),
+        ({"entropy_bound": 0.0}, "entropy bound must be greater than 0"),
+        ({"t_min": 0.9, "t_max": 0.5}, "t_max must be greater than t_min"),
+        ({"t_min": 0.9}, "t_max must be greater than t_min"),  # against the model's t_max 0.8
+    ],
+)
+def test_bad_settings_give_a_clear_error_and_the_worker_keeps_serving(worker, settings, words):
+    _, events = generate(worker, [user("Hi")], **settings)
+    error = events[-1]
+    assert isinstance(error, p.Error) and error.code == "bad_settings" and error.recoverable
+    assert words in error.message
+    _, events = generate(worker, [user("Hi")], seed=1, max_new_tokens=16)
+    assert isinstance(events[-1], p.Done)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "this is not json",
+        "[1, 2, 3]",
+        '{"type": "launch_rockets", "request_id": "x1"}',
+        '{"type": "generate", "request_id": "x2"}',
+        '{"type": "generate", "request_id": "x3", "messages": [{"role": "robot", "content": "hi"}]}',
+        '{"type": "generate", "request_id": "x4", "messages": [], "settings": {"seed": "seven"}}',
+    ],
+)
+def test_malformed_line_gets_an_error_event_and_the_worker_keeps_serving(worker, line):
+    worker.send_line(line)
+    error = worker.next_event()
+    assert isinstance(error, p.Error) and error.code == "malformed_message" and error.recoverable
+    assert error.message.startswith("The engine could not read a request")
+    if '"request_id": "x' in line:
+        assert error.request_id == json.loads(line)["request_id"]
+    worker.hello()
+
+
+def test_generate_without_a_model_says_so():
+    process = WorkerProcess()
+    process.hello()
+    request = p.Generate(new_id(), [user("Hi")])
+    error = process.request(request)[-1]
+    assert isinstance(error, p.Error) and error.code == "no_model_loaded" and error.recoverable
+    assert process.close() == 0
+
+
+def test_out_of_memory_is_a_recoverable_error(tiny_model_dir):
+    process = WorkerProcess(CANVAS_CHAT_TEST_FAULT="oom_on_generate")
+    process.hello()
+    process.load(tiny_model_dir)
+    error = process.request(p.Generate(new_id(), [user("Hi")]))[-1]
+    assert isinstance(error, p.Error) and error.code == "out_of_memory" and error.recoverable
+    assert "ran out of memory" in error.message
+    process.hello()  # still serving
+    assert process.close() == 0
+
+
+def test_closing_stdin_ends_the_worker_even_mid_generation(tiny_model_dir):
+    process = WorkerProcess(CANVAS_CHAT_TEST_STEP_DELAY="0.2")
+    process.hello()
+    process.load(tiny_model_dir)
+    process.send(p.Generate(new_id(), [user("Hi")], settings=p.GenerationSettings(max_new_tokens=256)))
+    assert isinstance(process.next_event(), p.Draft)
+    assert process.close(timeout=30) == 0
+
+
+def test_stdout_carries_nothing_but_protocol_lines(worker):
+    generate(worker, [user("Hi")], seed=5, max_new_tokens=32)
+    for line in worker.raw_lines:
+        p.decode(line, p.EVENT_TYPES)
