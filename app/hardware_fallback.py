@@ -361,3 +361,11 @@ def probe(*, models_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]
         ),
         "problems": problems,
     }
+
+
+def recommended_model(report: dict[str, Any]) -> str | None:
+    """The model to load when the settings name none: the real model's hub id where this PC can
+    run it and it is downloaded, else None (the built-in demo model)."""
+    verdict = report.get("verdict") or {}
+    return str(report.get("model_id") or REAL_MODEL_ID) if verdict.get("recommended") == "real" else None
+

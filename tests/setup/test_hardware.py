@@ -199,3 +199,14 @@ def test_cli_prints_json_and_text(fake_nvidia_smi):
     )
     assert text.returncode == 0
     assert "GPU 0: NVIDIA GeForce RTX 4090, compute capability 8.9" in text.stdout
+
+
+def test_the_recommended_model_is_the_real_one_only_when_it_can_run_and_is_there():
+    plan = gui_hw.estimate_plan()
+    kwargs = dict(cuda_available=None, ram_total_bytes=64 * GIB, disk_free_bytes=500 * GIB, disk_path="/")
+    ready = {"verdict": gui_hw.make_verdict(_gpu(24), plan, model_downloaded=True, **kwargs)}
+    assert gui_hw.recommended_model(ready) == "google/diffusiongemma-26B-A4B-it"
+    not_there = {"verdict": gui_hw.make_verdict(_gpu(24), plan, model_downloaded=False, **kwargs)}
+    assert gui_hw.recommended_model(not_there) is None
+    no_gpu = {"verdict": gui_hw.make_verdict(None, plan, model_downloaded=True, **kwargs)}
+    assert gui_hw.recommended_model(no_gpu) is None

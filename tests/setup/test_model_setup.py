@@ -218,6 +218,7 @@ class _Window(QWidget):
         self.settings = settings
 
 
+@pytest.mark.qt_log_ignore("This plugin does not support (propagateSizeHints|raise)")
 def test_open_model_setup_stores_the_choice_in_the_window_settings(qtbot, no_nvidia_smi):
     window = _Window()
     qtbot.addWidget(window)
