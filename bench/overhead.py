@@ -159,10 +159,13 @@ class WorkerSession:
 
 
 @dataclass
-class _Paths:
-    stock_s: list[float] = field(default_factory=list)
-    in_process_s: list[float] = field(default_factory=list)
-    worker_s: list[float] = field(default_factory=list)
+class _Samples:
+    """Per path: wall seconds, and CPU seconds (contention on a shared machine inflates the first,
+    hardly the second)."""
+
+    wall_s: dict[str, list[float]] = field(default_factory=lambda: {"stock": [], "in_process": [], "worker": []})
+    cpu_s: dict[str, list[float]] = field(default_factory=lambda: {"stock": [], "in_process": [], "worker": []})
+    client_cpu_s: list[float] = field(default_factory=list)  # this process decoding the worker's events
     worker_drafts: list[int] = field(default_factory=list)
 
 
@@ -214,31 +217,40 @@ def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, A
         worker.start(folder, plan.device, timeout_s)
         sync = (lambda: torch.cuda.synchronize()) if plan.device.startswith("cuda") else (lambda: None)
 
-        def timed(function) -> tuple[float, Any]:
-            sync()
-            start = time.perf_counter()
-            value = function()
-            sync()
-            return time.perf_counter() - start, value
+        import psutil
 
-        paths = _Paths()
+        worker_process = psutil.Process(worker.process.pid)
+
+        def worker_cpu() -> float:
+            times = worker_process.cpu_times()
+            return times.user + times.system
+
+        samples = _Samples()
         outputs: dict[str, Any] = {}
         order = ["stock", "in_process", "worker"]
         for index in range(plan.warmup + plan.runs):
             for name in order[index % 3 :] + order[: index % 3]:
+                sync()
+                cpu_before, worker_before = time.process_time(), worker_cpu()
                 if name == "worker":
-                    seconds, done, drafts = worker.generate(plan, timeout_s)
+                    wall, done, drafts = worker.generate(plan, timeout_s)
                     value: Any = (done.token_ids, done.stats)
                 else:
-                    seconds, value = timed(stock if name == "stock" else in_process)
+                    start = time.perf_counter()
+                    value = (stock if name == "stock" else in_process)()
+                    sync()
+                    wall = time.perf_counter() - start
+                cpu, worker_used = time.process_time() - cpu_before, worker_cpu() - worker_before
                 outputs[name] = value
                 if index < plan.warmup:
                     continue
+                samples.wall_s[name].append(wall)
                 if name == "worker":
-                    paths.worker_s.append(seconds)
-                    paths.worker_drafts.append(drafts)
+                    samples.cpu_s[name].append(worker_used)
+                    samples.client_cpu_s.append(cpu)
+                    samples.worker_drafts.append(drafts)
                 else:
-                    getattr(paths, f"{name}_s").append(seconds)
+                    samples.cpu_s[name].append(cpu)
     finally:
         worker.close()
 
@@ -249,43 +261,63 @@ def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, A
         == _until_eos(outputs["in_process"], eos_ids)
         == _until_eos(worker_ids, eos_ids)
     )
-    ms = lambda seconds: [s * 1000 for s in seconds]  # noqa: E731
-    stock_fig = figure(ms(paths.stock_s), "ms")
-    worker_fig = figure(ms(paths.worker_s), "ms", drafts_received=figure([float(d) for d in paths.worker_drafts], "drafts"))
-    in_process_fig = figure(ms(paths.in_process_s), "ms")
+    ms = lambda seconds: [x * 1000 for x in seconds]  # noqa: E731
+    wall = {name: figure(ms(values), "ms") for name, values in samples.wall_s.items()}
+    cpu = {name: figure(ms(values), "ms") for name, values in samples.cpu_s.items()}
+    wall["worker"]["drafts_received"] = figure([float(d) for d in samples.worker_drafts], "drafts")
+    forwards = worker_stats.decoder_forwards
     return {
         "model": "tests.tiny_model (random weights, hidden 64, 2 layers, 4 experts top-2)",
         "device": plan.device,
         "canvas_length": plan.canvas_length,
         "steps_per_canvas": plan.steps,
         "max_new_tokens": plan.max_new_tokens,
-        "decoder_forwards": worker_stats.decoder_forwards,
+        "decoder_forwards": forwards,
         "new_tokens": plan.max_new_tokens,
         "same_tokens_on_all_paths": same,
-        "stock_generate_ms": stock_fig,
-        "engine_in_process_ms": in_process_fig,
-        "engine_worker_ms": worker_fig,
+        "stock_generate_ms": wall["stock"],
+        "engine_in_process_ms": wall["in_process"],
+        "engine_worker_ms": wall["worker"],
         # Per-round ratios (the paths run back to back in each round); the median is the headline.
-        "worker_over_stock": figure(
-            [w / s for w, s in zip(paths.worker_s, paths.stock_s)], "ratio",
-            ratio_of_medians=worker_fig["median"] / stock_fig["median"],
-            ratio_of_minimums=worker_fig["min"] / stock_fig["min"], target_max=1.10,
-        ),
+        "worker_over_stock": _ratio(samples.wall_s["worker"], samples.wall_s["stock"]),
+        "in_process_over_stock": _ratio(samples.wall_s["in_process"], samples.wall_s["stock"]),
+        "stock_ms_per_step": wall["stock"]["median"] / forwards,
         # What the worker adds per denoising step, whatever the model's own step costs.
         "worker_added_ms_per_step": derived(
-            (worker_fig["median"] - stock_fig["median"]) / worker_stats.decoder_forwards, "ms/step",
-            (worker_fig["min"] - stock_fig["min"]) / worker_stats.decoder_forwards,
-            (worker_fig["p90"] - stock_fig["p90"]) / worker_stats.decoder_forwards,
-            meaning="(worker - stock) / decoder forwards; low/high from the minimums and p90s",
+            (wall["worker"]["median"] - wall["stock"]["median"]) / forwards, "ms/step",
+            (wall["worker"]["min"] - wall["stock"]["min"]) / forwards,
+            (wall["worker"]["p90"] - wall["stock"]["p90"]) / forwards,
+            meaning="(worker - stock) / decoder forwards, wall time; low/high from the minimums and p90s",
             signed=True,  # a difference: noise can make it negative
         ),
-        "stock_ms_per_step": stock_fig["median"] / worker_stats.decoder_forwards,
-        "in_process_over_stock": figure(
-            [i / s for i, s in zip(paths.in_process_s, paths.stock_s)], "ratio",
-            ratio_of_medians=in_process_fig["median"] / stock_fig["median"],
-            ratio_of_minimums=in_process_fig["min"] / stock_fig["min"], target_max=1.10,
-        ),
+        # CPU time: what each path costs the processor, little moved by other load on the machine.
+        "cpu_time": {
+            "stock_generate_ms": cpu["stock"],
+            "engine_in_process_ms": cpu["in_process"],
+            "engine_worker_ms": cpu["worker"],
+            "client_decoding_ms": figure(ms(samples.client_cpu_s), "ms",
+                                         meaning="CPU of this process reading the worker's events (the GUI's share)"),
+            "worker_over_stock": _ratio(samples.cpu_s["worker"], samples.cpu_s["stock"]),
+            "in_process_over_stock": _ratio(samples.cpu_s["in_process"], samples.cpu_s["stock"]),
+            "worker_added_ms_per_step": derived(
+                (cpu["worker"]["median"] - cpu["stock"]["median"]) / forwards, "ms/step",
+                (cpu["worker"]["p10"] - cpu["stock"]["p90"]) / forwards,
+                (cpu["worker"]["p90"] - cpu["stock"]["p10"]) / forwards,
+                meaning="(worker CPU - stock CPU) / decoder forwards",
+                signed=True,
+            ),
+        },
     }
+
+
+def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]:
+    """Per-round ratios, with the ratio of medians and of minimums beside them."""
+    return figure(
+        [n / d for n, d in zip(numerators, denominators)], "ratio",
+        ratio_of_medians=sorted(numerators)[len(numerators) // 2] / sorted(denominators)[len(denominators) // 2],
+        ratio_of_minimums=min(numerators) / min(denominators),
+        target_max=1.10,
+    )
 
 
 def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:

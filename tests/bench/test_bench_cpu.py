@@ -63,6 +63,8 @@ def test_results_have_every_section(cpu_results):
     overhead = results["engine_overhead"]
     for key in ("stock_generate_ms", "engine_in_process_ms", "engine_worker_ms", "worker_over_stock"):
         assert overhead[key]["n"] >= 3, key
+    for key in ("stock_generate_ms", "engine_in_process_ms", "engine_worker_ms", "worker_over_stock"):
+        assert overhead["cpu_time"][key]["n"] >= 3, key
     assert overhead["same_tokens_on_all_paths"] is True
     assert overhead["engine_worker_ms"]["drafts_received"]["median"] >= 1
     fp32 = results["dtypes"]["fp32"]
