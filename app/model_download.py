@@ -17,6 +17,8 @@ leaves the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -47,6 +49,10 @@ DISK_MARGIN_FRACTION = 0.02
 # Test-only switches of the child process (like the worker's CANVAS_CHAT_TEST_*).
 TEST_DISK_FREE_ENV = "CANVAS_CHAT_TEST_DISK_FREE_BYTES"
 TEST_RETRY_WAIT_ENV = "CANVAS_CHAT_TEST_RETRY_WAIT_S"
+
+# Files the engine never reads: other weight formats (a repo may carry them beside the
+# safetensors) and the repo's own housekeeping. Everything else is fetched.
+SKIPPED_FILES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "original/*", ".gitattributes")
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -157,6 +163,8 @@ def fetch_plan(repo_id: str, revision: str = "main", *, token: str | None = None
         raise DownloadError("bad_response", f"The Hub sent no file list for {repo_id}.")
     files = []
     for sibling in info.siblings:
+        if any(fnmatch.fnmatch(sibling.rfilename, pattern) for pattern in SKIPPED_FILES):
+            continue
         if sibling.size is None or not sibling.blob_id:
             raise DownloadError("bad_response", f"The Hub sent no size or hash for {sibling.rfilename}.")
         files.append(
@@ -644,6 +652,26 @@ def format_duration(seconds: float | None) -> str:
 # ---------------------------------------------------------------------------- child process
 
 
+@contextlib.contextmanager
+def _download_lock(plan: DownloadPlan):
+    """One download of a repository at a time (two would append to the same partial files)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = plan.cache_dir / ".locks" / plan.storage.name / "canvas-chat-download.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DownloadError(
+            "busy", "Another download of this model is already running (in another Canvas Chat window?)."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _print_event(event: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -688,7 +716,8 @@ def child_main(argv: list[str] | None = None) -> int:
             stop_request=lambda: requested[0] if requested else None,
             stop_event=stop_event,
         )
-        path = download.run()
+        with _download_lock(plan):
+            path = download.run()
     except StopRequested as stop:
         if stop.action == "cancel" and plan is not None:
             for remote in plan.files:

@@ -60,6 +60,7 @@ class Faults:
     drop_once: dict[str, int] = field(default_factory=dict)  # file -> close the connection after N bytes, once
     corrupt: set[str] = field(default_factory=set)  # files served with one byte changed
     token: str | None = None  # when set, requests without "Bearer <token>" get 401 GatedRepo
+    gate_files_only: bool = False  # the Hub's way for gated models: metadata public, files not
     ignore_range: bool = False
 
 
@@ -143,6 +144,8 @@ class FakeHub:
 
     def _authorized(self, handler) -> bool:
         if self.faults.token is None:
+            return True
+        if self.faults.gate_files_only and handler.path.startswith("/api/"):
             return True
         return handler.headers.get("authorization", "") == f"Bearer {self.faults.token}"
 

@@ -233,6 +233,47 @@ def test_a_gated_model_asks_for_a_token(fake_hub, downloads, tiny_model_dir, qtb
     _assert_same_files(Path(finished.args[0]), tiny_model_dir)
 
 
+def test_gated_files_with_public_metadata_ask_for_a_token(fake_hub, downloads, qtbot):
+    fake_hub.faults.token = "hf_secret"
+    fake_hub.faults.gate_files_only = True
+    download = downloads()
+    with qtbot.waitSignal(download.failed, timeout=timeout_ms(60)) as failed:
+        download.start(token="hf_wrong")
+    assert failed.args[0] == "gated"
+
+
+def test_other_weight_formats_are_not_fetched(tiny_model_dir, tmp_path, qtbot):
+    import shutil
+
+    from tests.setup.hub_server import FakeHub
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "repo"))
+    (folder / "pytorch_model.bin").write_bytes(b"x" * 1000)
+    (folder / "original").mkdir()
+    (folder / "original" / "consolidated.pt").write_bytes(b"y" * 1000)
+    with FakeHub(REAL_MODEL_ID, folder, lifetime_s=60) as hub:
+        download = ModelDownload(REAL_MODEL_ID, endpoint=hub.url)
+        with qtbot.waitSignal(download.finished, timeout=timeout_ms(60)) as finished:
+            download.start()
+        download.shutdown()
+    names = sorted(p.name for p in Path(finished.args[0]).iterdir())
+    assert "pytorch_model.bin" not in names and "original" not in names
+    assert "model.safetensors" in names
+
+
+def test_one_download_at_a_time(fake_hub, downloads, qtbot):
+    fake_hub.faults.chunk_delay_s = 0.02
+    first = downloads()
+    first.start()
+    _wait_for_bytes_of(qtbot, first, WEIGHTS, 100_000)
+    second = downloads()
+    with qtbot.waitSignal(second.failed, timeout=timeout_ms(60)) as failed:
+        second.start()
+    assert failed.args[0] == "busy"
+    with qtbot.waitSignal(first.paused, timeout=timeout_ms(30)):
+        first.pause()
+
+
 def test_no_hub_at_all_is_a_plain_network_error(qtbot):
     download = ModelDownload(REAL_MODEL_ID, endpoint="http://127.0.0.1:9")
     with qtbot.waitSignal(download.failed, timeout=timeout_ms(60)) as failed:
