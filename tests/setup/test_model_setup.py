@@ -237,3 +237,33 @@ def qtbot_button():
     from PySide6.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support (propagateSizeHints|raise)")
+def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot, tiny_model_dir, no_nvidia_smi):
+    from app.engine_client import EngineClient
+    from app.main_window import MainWindow
+    from app.store import ChatStore
+
+    store = ChatStore()
+    client = EngineClient()
+    window = MainWindow(Settings(), store, client)
+    qtbot.addWidget(window)
+    dialog = None
+    try:
+        assert window.model_setup_action.isEnabled()
+        window.model_setup_action.trigger()
+        dialog = window._model_setup_window
+        assert isinstance(dialog, ModelSetupDialog) and dialog.isVisible()
+        qtbot.waitUntil(lambda: dialog.report is not None, timeout=timeout_ms(30))
+        dialog.folder_edit.setText(str(tiny_model_dir))
+        dialog.check_folder(str(tiny_model_dir))
+        qtbot.mouseClick(dialog.use_folder_button, qtbot_button())
+        assert window.settings.model == str(tiny_model_dir)
+        assert not dialog.isVisible()
+    finally:
+        if dialog is not None:
+            dialog.shutdown()
+        client.shutdown()
+        window.close()
+        store.close()
