@@ -1,0 +1,80 @@
+"""The wire format: every message round-trips; anything else is refused with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import protocol as p
+
+STATS = p.GenerationStats(0.1, 1.0, 10, 10.0, 5, 2.0, 2.5, 2, 20, 4)
+SAMPLES = [
+    p.Hello("r1", p.PROTOCOL_VERSION, "canvas-chat"),
+    p.LoadModel("r2", "google/diffusiongemma-26B-A4B-it", "cuda", "nf4", False, "main"),
+    p.Generate("r3", [p.ChatMessage("user", "Hi ✨"), p.ChatMessage("assistant", "Hello")], "c1", "Be brief",
+               p.GenerationSettings(128, 24, 0.2, 0.4, 0.8, 7)),
+    p.Cancel("r4", "r3"),
+    p.Unload("r5"),
+    p.Shutdown("r6"),
+    p.ProbeHardware("r7"),
+    p.Ready("r1", 1, "0.1.0", 1234),
+    p.LoadProgress("r2", "weights", "Loading", 0.5, 10, 20, 1, 2),
+    p.ModelLoaded("r2", "m", "/m", "cpu", "none", 16, 1000, 1.5, True),
+    p.Draft("r3", 0, 1, 8, "Hel", ["Hel", "lo"], [True, False], [0, 3]),
+    p.CanvasCommitted("r3", 0, "Hello", "Hello", 2, 4),
+    p.Done("r3", "eos", "Hello", [5, 6, 1], STATS),
+    p.Error("r3", "out_of_memory", "The GPU ran out of memory.", True, "trace"),
+    p.HardwareReport("r7", {"gpus": []}),
+    p.Unloaded("r5"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.TYPE)
+def test_every_message_round_trips_through_one_json_line(message):
+    line = p.encode(message)
+    assert "\n" not in line
+    assert json.loads(line)["type"] == message.TYPE
+    assert p.decode(line) == message
+
+
+def test_requests_and_events_are_told_apart():
+    with pytest.raises(p.ProtocolError, match="unknown message type 'ready'"):
+        p.decode(p.encode(SAMPLES[7]), p.REQUEST_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{", "not JSON"),
+        ('"hello"', "JSON object"),
+        ('{"request_id": "x"}', "unknown message type None"),
+        ('{"type": "hello", "request_id": "x"}', "missing field(s) protocol_version"),
+        ('{"type": "hello", "request_id": "x", "protocol_version": "1"}', "expected an integer"),
+        ('{"type": "hello", "request_id": "x", "protocol_version": true}', "expected an integer"),
+        ('{"type": "cancel", "request_id": 5, "target_request_id": "y"}', "expected a string"),
+        ('{"type": "load_model", "request_id": "x", "model": "m", "device": "tpu"}', "is not one of"),
+    ],
+)
+def test_malformed_lines_are_refused_with_a_reason(line, reason):
+    with pytest.raises(p.ProtocolError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        p.decode(line)
+
+
+def test_unknown_fields_from_a_newer_minor_revision_are_ignored():
+    line = '{"type": "unload", "request_id": "x", "added_later": 1}'
+    assert p.decode(line) == p.Unload("x")
+
+
+def test_request_id_is_recovered_from_a_bad_line_when_possible():
+    assert p.request_id_of('{"type": "nope", "request_id": "abc"}') == "abc"
+    assert p.request_id_of("garbage") == ""
+
+
+def test_settings_problems_are_plain_sentences():
+    assert p.GenerationSettings().problems() == []
+    problems = p.GenerationSettings(max_new_tokens=0, t_min=0.8, t_max=0.4).problems()
+    assert problems == [
+        "max new tokens must be positive (got 0)",
+        "t_max must be greater than t_min (got t_min=0.8, t_max=0.4)",
+    ]
