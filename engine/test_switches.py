@@ -1,4 +1,4 @@
-"""Test-only switches of the real worker, read from its environment (see docs/worker-contract.md).
+"""Test-only switches of the real worker, read from its environment (see docs/protocol.md).
 
 They exist so GUI and process tests can force a known reply, slow the loop down, or inject
 a crash, a hang or an out-of-memory error into the real engine instead of a fake one.

@@ -78,3 +78,15 @@ def test_settings_problems_are_plain_sentences():
         "max new tokens must be positive (got 0)",
         "t_max must be greater than t_min (got t_min=0.8, t_max=0.4)",
     ]
+
+
+def test_protocol_reference_names_every_message_and_field():
+    from tests.conftest import REPO_ROOT
+    import dataclasses
+
+    reference = (REPO_ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for type_tag, cls in p.MESSAGE_TYPES.items():
+        assert f"`{type_tag}`" in reference, f"docs/protocol.md does not describe {type_tag}"
+        for field in dataclasses.fields(cls):
+            if field.name != "request_id":
+                assert f"`{field.name}`" in reference, f"docs/protocol.md misses {type_tag}.{field.name}"
