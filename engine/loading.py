@@ -156,7 +156,7 @@ def load_model(
     if quantization in ("nf4", "nf4-double"):
         model = _load_quantized(folder, quantization=quantization, device=device, vision=vision, progress=progress)
     else:
-        model = _load_unquantized(folder, device=device, quantization=quantization)
+        model = _load_unquantized(folder, device=device, quantization=quantization, progress=progress)
     model.eval()
     progress("ready", "Model ready", 1.0)
     canvas_length = int(getattr(model.config, "canvas_length", 0) or 0)
@@ -187,11 +187,15 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def _load_unquantized(folder: Path, *, device: str, quantization: str):
+def _load_unquantized(folder: Path, *, device: str, quantization: str, progress: ProgressCallback = _no_progress):
     import torch
     from transformers import AutoModelForImageTextToText
+    from transformers.utils import logging as hf_logging
 
     dtype = torch.bfloat16 if (device == "cuda" or quantization == "bf16") else torch.float32
+    previous_hook = hf_logging.set_tqdm_hook(
+        lambda factory, args, kwargs: _WeightProgress(progress, *args, **kwargs)
+    )
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
     except torch.OutOfMemoryError:
@@ -200,9 +204,59 @@ def _load_unquantized(folder: Path, *, device: str, quantization: str):
         raise EngineError(
             "model_broken", f"The weights in {folder} cannot be loaded ({type(exc).__name__}: {exc})."
         ) from None
+    finally:
+        hf_logging.set_tqdm_hook(previous_hook)
     if type(model).__name__ != "DiffusionGemmaForBlockDiffusion":
         raise EngineError("wrong_model_type", f"{folder.name} did not load as a DiffusionGemma model.")
+    progress("device", f"Moving the model to {device}", 0.92)
     return model.to(device)
+
+
+class _WeightProgress:
+    """Stands in for the tqdm bar of transformers' "Loading weights" loop and reports progress."""
+
+    REPORTS = 20  # at most this many progress events per bar
+
+    def __init__(self, progress: ProgressCallback, iterable=None, *args: Any, total=None, desc="", **kwargs: Any):
+        self.progress = progress
+        self.iterable = iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else 0)
+        self.description = desc or "Loading weights"
+        self.count = 0
+        self.reported = -1
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if not self.total:
+            return
+        step = int(self.REPORTS * self.count / self.total)
+        if step != self.reported:
+            self.reported = step
+            share = min(1.0, self.count / self.total)
+            self.progress("weights", f"{self.description}: {self.count} of {self.total}", 0.1 + 0.8 * share)
+
+    def close(self) -> None:
+        pass
+
+    def set_description(self, desc: str = "", *args: Any, **kwargs: Any) -> None:
+        self.description = desc or self.description
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def refresh(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _load_quantized(folder: Path, *, quantization: str, device: str, vision: bool, progress: ProgressCallback):
