@@ -74,3 +74,9 @@ def test_importing_every_app_module_loads_no_model_library():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"app modules pulled in: {result.stdout.strip()}"
+
+
+def test_the_engine_never_runs_code_from_a_model_folder():
+    for path in python_files("engine"):
+        source = path.read_text(encoding="utf-8")
+        assert "trust_remote_code=True" not in source, f"{path.name} trusts remote code"
