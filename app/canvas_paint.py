@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -120,9 +121,13 @@ class CanvasAnimation:
         return sum(self.settled)
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ufffd]")
+
+
 def _display(piece: str) -> str:
     # QTextLayout breaks lines at U+2028, not at "\n"; tabs become spaces so runs stay aligned.
-    return piece.replace("\r", "").replace("\n", "\u2028").replace("\t", "    ")
+    # A byte-fallback token decodes to U+FFFD on its own; the committed text joins the bytes.
+    return _CONTROL.sub("", piece.replace("\t", "    ")).replace("\n", "\u2028")
 
 
 def layout_canvas(
@@ -202,3 +207,21 @@ def _format_range(start, length, key, formats, text_color, glyph_color, tints) -
     format_range.length = length
     format_range.format = char_format
     return format_range
+
+
+def text_height(text: str, font: QFont, width: float) -> float:
+    """Height of plain text wrapped like the canvas (to reserve room for a canvas before it settles)."""
+    layout = QTextLayout(_display(text), font)
+    option = QTextOption()
+    option.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+    layout.setTextOption(option)
+    height = 0.0
+    layout.beginLayout()
+    while True:
+        line = layout.createLine()
+        if not line.isValid():
+            break
+        line.setLineWidth(width)
+        height += line.height()
+    layout.endLayout()
+    return height

@@ -35,7 +35,8 @@ class ComposerEdit(QPlainTextEdit):
         super().__init__(parent)
         self.setObjectName("composerEdit")
         self.setTabChangesFocus(True)
-        self.setPlaceholderText("Message DiffusionGemma  (Enter to send, Shift+Enter for a new line)")
+        self.setPlaceholderText("Message DiffusionGemma")
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.document().contentsChanged.connect(self._on_document_contents_changed)
         self._on_document_contents_changed()
@@ -57,7 +58,11 @@ class ComposerEdit(QPlainTextEdit):
 
     def _on_document_contents_changed(self) -> None:
         metrics = QFontMetrics(self.font())
-        lines = max(1, min(MAX_VISIBLE_LINES, int(self.document().size().height())))
+        document_lines = int(self.document().size().height())
+        lines = max(2, min(MAX_VISIBLE_LINES, document_lines))
+        self.setVerticalScrollBarPolicy(
+            Qt.ScrollBarPolicy.ScrollBarAsNeeded if document_lines > MAX_VISIBLE_LINES else Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+        )
         margins = self.contentsMargins()
         frame = int(self.document().documentMargin() * 2) + margins.top() + margins.bottom()
         self.setFixedHeight(lines * metrics.lineSpacing() + frame + 4)
@@ -114,23 +119,22 @@ class Composer(QFrame):
         self.regenerate_button.setToolTip("Write the last reply again (Ctrl+R)")
         self.regenerate_button.clicked.connect(self.sig_regenerate_requested)
 
-        buttons = QVBoxLayout()
-        buttons.setSpacing(4)
-        buttons.addWidget(self.send_button)
-        buttons.addWidget(self.stop_button)
+        self.hint = QLabel("Enter sends \u00b7 Shift+Enter adds a line \u00b7 Esc stops", self)
+        self.hint.setObjectName("composerHint")
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        buttons.setSpacing(6)
+        buttons.addWidget(self.hint, 1)
         buttons.addWidget(self.regenerate_button)
-        buttons.addStretch(1)
-
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.edit, 1)
-        row.addLayout(buttons)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.send_button)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(12, 6, 12, 10)
-        layout.setSpacing(4)
+        layout.setContentsMargins(16, 8, 16, 8)
+        layout.setSpacing(6)
         layout.addWidget(self.edit_bar)
-        layout.addLayout(row)
+        layout.addWidget(self.edit)
+        layout.addLayout(buttons)
         self._can_regenerate = False
         self._update_buttons()
 

@@ -113,6 +113,7 @@ class EngineStatus(QWidget):
         layout.addWidget(self.progress)
         layout.addSpacing(12)
         layout.addWidget(self.model_label)
+        layout.addStretch(1)
         self.state = EngineState.STOPPED
 
     def show_state(self, state: EngineState, detail: str = "") -> None:
@@ -151,7 +152,6 @@ class EngineBanner(QFrame):
         self.log_view.setReadOnly(True)
         self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.log_view.setMaximumHeight(150)
         self.restart_button = QPushButton("Restart the engine", self)
         self.restart_button.setObjectName("restartButton")
         self.restart_button.clicked.connect(self.sig_restart_requested)
@@ -187,7 +187,10 @@ class EngineBanner(QFrame):
             "The reply in progress was kept and marked interrupted. "
             + ("Restarting automatically\u2026" if restarting else "Press Restart to try again.")
         )
-        self.log_view.setPlainText("\n".join(log_lines[-CRASH_LOG_LINES:]) or "(the worker wrote no log lines)")
+        lines = [line for line in log_lines if line.strip()][-CRASH_LOG_LINES:]
+        self.log_view.setPlainText("\n".join(lines) or "(the worker wrote no log lines)")
+        spacing = self.log_view.fontMetrics().lineSpacing()
+        self.log_view.setFixedHeight(min(CRASH_LOG_LINES, max(2, len(lines))) * spacing + 12)
         self.log_view.show()
         self.setup_button.hide()
         self.show()
@@ -219,6 +222,7 @@ class MainWindow(QMainWindow):
         self._settings_dialog: SettingsDialog | None = None
         self._model_setup_window: QWidget | None = None
         self._closing = False
+        self._model_name = ""
 
         self.conversation_model = ConversationListModel(self.controller.conversations, self)
         self.transcript_model = TranscriptListModel(self.controller.transcript, self)
@@ -360,6 +364,8 @@ class MainWindow(QMainWindow):
                 offer_setup=self.model_setup_action.isEnabled(),
             )
             return False
+        self._model_name = Path(model).name or model
+        self._update_empty_state()
         self.client.start(model, self.settings.device, self.settings.quantization)
         return True
 
@@ -543,7 +549,7 @@ class MainWindow(QMainWindow):
     def _update_empty_state(self, *_args) -> None:
         empty = len(self.controller.transcript) == 0
         if empty:
-            model = default_model(self.settings)
+            model = self._model_name or default_model(self.settings)
             name = Path(model).name if model else "no model yet"
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
@@ -587,7 +593,7 @@ class MainWindow(QMainWindow):
                 save_settings(settings)
             except OSError as exc:
                 self.banner.show_error("Your settings could not be saved.", str(exc), offer_setup=False)
-        if model_changed and save and self.client.state != EngineState.STOPPED:
+        if model_changed and save:
             self.start_engine()
 
     def apply_theme(self) -> None:
@@ -605,7 +611,9 @@ class MainWindow(QMainWindow):
         self.sidebar.setStyleSheet(
             f"#sidebar {{ background: {self.colors.window}; border-right: 1px solid {self.colors.assistant_border}; }}"
             f"#conversationList {{ background: {self.colors.window}; }}"
-            f"#conversationList::item {{ padding: 6px 4px; border-radius: 6px; }}"
+            f"#conversationList::item {{ padding: 6px 4px; border-radius: 6px; color: {self.colors.text}; }}"
+            f"#conversationList::item:selected {{ background: {self.colors.user_bubble}; color: {self.colors.user_text}; }}"
+            f"#conversationList::item:hover:!selected {{ background: {self.colors.assistant_border}; }}"
         )
         self.transcript_view.setStyleSheet(f"#transcriptView {{ background: {self.colors.window}; }}")
         self._update_empty_state()
@@ -638,5 +646,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self._closing = True
         self.transcript_view.stop_all_replays()
+        setup = self._model_setup_window
+        if setup is not None and hasattr(setup, "shutdown"):
+            setup.shutdown()
         self.client.shutdown()
         super().closeEvent(event)

@@ -107,7 +107,7 @@ class MarkdownRenderer:
     def _render_table_open(self, tokens, idx) -> str:
         return (
             f'<table border="1" cellspacing="0" cellpadding="4" '
-            f'style="border-collapse: collapse; border-color: {self.colors.table_border}; '
+            f'style="border-collapse: collapse; border-style: solid; border-color: {self.colors.table_border}; '
             f'margin-top: 4px; margin-bottom: 8px;">\n'
         )
 

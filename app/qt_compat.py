@@ -1,8 +1,9 @@
-"""Keeps PySide6 6.12 from crashing CPython 3.11: its void methods return None without a reference.
+"""Keeps PySide6 6.12 from crashing CPython 3.11: it returns None, True and False without a reference.
 
-Every such call (setText, update, save, ...) takes one reference from None; after a few thousand
-calls CPython aborts with "none_dealloc: deallocating None". From 3.12 None is immortal (PEP 683),
-which is what the bindings assume; on 3.11 we give None a reference count that cannot run out.
+Every void method call (setText, update, save, ...) takes one reference from None, and some bool
+returns one from True/False; after a few thousand calls CPython aborts with "none_dealloc:
+deallocating None" (or bool_dealloc). From 3.12 these objects are immortal (PEP 683), which is
+what the bindings assume; on 3.11 we give them reference counts that cannot run out.
 Importing this module applies the fix once; it is a no-op on 3.12+.
 """
 
@@ -13,17 +14,19 @@ import sys
 _RESERVE = 1 << 40
 
 
-def pin_none() -> bool:
-    """Adds a huge reserve to None's reference count (once); True if it was applied now."""
+def pin_singletons() -> bool:
+    """Adds a huge reserve to the reference counts of None, True and False (once)."""
     if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
         return False
     import ctypes
 
-    refcount = ctypes.c_ssize_t.from_address(id(None))  # ob_refcnt is PyObject's first field
-    if refcount.value >= _RESERVE // 2:
-        return False
-    refcount.value += _RESERVE
-    return True
+    applied = False
+    for singleton in (None, True, False):
+        refcount = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt: PyObject's first field
+        if refcount.value < _RESERVE // 2:
+            refcount.value += _RESERVE
+            applied = True
+    return applied
 
 
-pin_none()
+pin_singletons()

@@ -110,9 +110,18 @@ class SelfTest:
         self._fail(f"no reply within {self._timeout_s:.0f} s (engine state: {state})", EXIT_TIMEOUT)
 
 
+def _on_qt_message(mode, context, message: str) -> None:
+    # The offscreen platform cannot pass window size limits on and says so for every window.
+    if "propagateSizeHints" in message:
+        return
+    print(message, file=sys.stderr)
+
+
 def run_self_test(args, started_at: float) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from PySide6.QtCore import QTimer
+    from PySide6.QtCore import QTimer, qInstallMessageHandler
+
+    qInstallMessageHandler(_on_qt_message)
     from PySide6.QtWidgets import QApplication
 
     from app.engine_client import EngineClient

@@ -122,6 +122,7 @@ class Sidebar(QFrame):
         self.list_view.customContextMenuRequested.connect(self._on_list_view_context_menu_requested)
         self.list_view.selectionModel().currentChanged.connect(self._on_selection_current_changed)
         self.list_view.setSpacing(1)
+        self.list_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.empty_label = QLabel("No chats match.", self)
         self.empty_label.setObjectName("searchEmptyLabel")

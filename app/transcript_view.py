@@ -53,7 +53,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.canvas_paint import CanvasAnimation, CanvasSegment, layout_canvas
+from app.canvas_paint import CanvasAnimation, CanvasSegment, layout_canvas, text_height
 from app.qt_models import MessageRole
 from app.replay import ReplayError, ReplayPlayer
 from app.markdown_render import COPY_CODE_SCHEME, RenderedMarkdown, renderer_for
@@ -147,7 +147,10 @@ class _AnimatedRow:
         self.animation = CanvasAnimation()
         self.committed_text = ""
         self.layout = None
+        self.in_code = False
         self.layout_key: tuple = ()
+        self.reserve_key: tuple = ()
+        self.reserved_height = 0.0
         self.height = 0.0
         self.paints = 0
 
@@ -166,6 +169,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         self._small_font.setPointSizeF(max(7.0, self._font.pointSizeF() * 0.85))
         self._mono_family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
         self.paint_counts: Counter[str] = Counter()  # paints per message id (tests, benchmark)
+        self.code_font = QFont(self._mono_family, self._font.pointSize())
 
     # -- configuration
 
@@ -175,6 +179,7 @@ class TranscriptDelegate(QStyledItemDelegate):
 
     def set_font(self, font: QFont) -> None:
         self._font = QFont(font)
+        self.code_font = QFont(self._mono_family, font.pointSize())
         self._small_font = QFont(font)
         self._small_font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         self._docs.clear()
@@ -376,7 +381,11 @@ class TranscriptDelegate(QStyledItemDelegate):
         if not self.reduced_motion or row.replay:
             layout = self._view.canvas_layout(row, width, time.monotonic())
             if layout is not None:
-                layout.draw(painter, QPointF(left, top + 2))
+                if row.in_code:
+                    painter.fillRect(QRectF(left, top, width, row.height + 4), QColor(colors.code_background))
+                    layout.draw(painter, QPointF(left + 8, top + 2))
+                else:
+                    layout.draw(painter, QPointF(left, top + 2))
             top += row.height
         painter.setFont(self._small_font)
         painter.setPen(QColor(colors.dim_text))
@@ -552,6 +561,7 @@ class TranscriptView(QListView):
         return row.height + small
 
     def canvas_layout(self, row: _AnimatedRow, width: int, now: float):
+        """The open canvas laid out for painting (rebuilt only when a draft or a fade step changed it)."""
         motion = not self._delegate.reduced_motion or row.replay
         fading = motion and row.animation.is_fading(now)
         key = (row.animation.drafts_applied, width, self._delegate.colors.name, fading and int(now * 1000 / FRAME_MS))
@@ -559,9 +569,33 @@ class TranscriptView(QListView):
             if not row.animation.has_draft:
                 row.layout, row.height = None, 0.0
             else:
-                row.layout, row.height = layout_canvas(row.animation, self._delegate._font, width, self._delegate.colors, now, motion)
+                row.in_code = self._inside_code_fence(row)
+                font = self._delegate.code_font if row.in_code else self._delegate._font
+                layout_width = width - 16 if row.in_code else width
+                row.layout, height = layout_canvas(row.animation, font, layout_width, self._delegate.colors, now, motion)
+                # The row keeps the height of the canvas's full text from its first draft on, and
+                # never shrinks within a canvas: the list is re-laid out rarely, and nothing jumps.
+                reserve_key = (row.animation.canvas_index, layout_width, font.key())
+                if reserve_key != row.reserve_key:
+                    row.reserve_key, row.reserved_height = reserve_key, 0.0
+                if row.reserved_height == 0.0 or key[:1] != row.layout_key[:1]:
+                    full = "".join(row.animation.pieces)
+                    height = max(height, text_height(full, font, layout_width))
+                row.reserved_height = max(row.reserved_height, height)
+                row.height = row.reserved_height
             row.layout_key = key
         return row.layout
+
+    def _inside_code_fence(self, row: _AnimatedRow) -> bool:
+        """Whether the committed text ends inside a fenced code block (so the canvas is code too)."""
+        if row.replay:
+            text = row.committed_text
+        else:
+            index = QModelIndex(row.index)
+            message = message_of(index) if index.isValid() else None
+            text = message.content if message is not None else ""
+        fences = sum(1 for line in text.splitlines() if line.lstrip().startswith(("```", "~~~")))
+        return fences % 2 == 1
 
     def apply_draft(self, message_id: str, draft: Any, replay: bool = False) -> None:
         """Draws a Draft (or DraftState) as the open canvas of the given reply's row."""
