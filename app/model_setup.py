@@ -13,11 +13,12 @@ import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the mod
 import dataclasses
 import html
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QThread, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -54,24 +55,6 @@ def _show(label: QLabel, text: str) -> None:
     label.setVisible(bool(text))
 
 
-class _HardwareProbe(QThread):
-    """Runs the torch-free probe (nvidia-smi can take seconds) off the GUI thread."""
-
-    probed = Signal(dict)
-
-    def __init__(self, probe: Callable[[], dict[str, Any]], parent: QWidget | None = None):
-        super().__init__(parent)
-        self._probe = probe
-
-    def run(self) -> None:
-        try:
-            report = self._probe()
-        except Exception as exc:  # noqa: BLE001 - a failed probe is shown, not raised
-            log.exception("hardware probe failed")
-            report = {"verdict": {"code": "unknown", "summary": f"The hardware check failed ({exc}).", "notes": []}}
-        self.probed.emit(report)
-
-
 class ModelSetupDialog(QDialog):
     """Chooses the model: download the real one, use a local folder, or use the demo.
 
@@ -81,6 +64,7 @@ class ModelSetupDialog(QDialog):
     """
 
     model_chosen = Signal(str, str)
+    _probed = Signal(dict)  # from the probe thread; queued onto the GUI thread
 
     def __init__(
         self,
@@ -101,7 +85,8 @@ class ModelSetupDialog(QDialog):
         self.download = download or ModelDownload(REAL_MODEL_ID, parent=self)
         if self.download.parent() is None:
             self.download.setParent(self)
-        self._probe_thread: _HardwareProbe | None = None
+        self._probe_thread: threading.Thread | None = None
+        self._probed.connect(self._on_probe_thread_probed)
 
         layout = QVBoxLayout(self)
         layout.setSpacing(12)
@@ -280,8 +265,20 @@ class ModelSetupDialog(QDialog):
     # ------------------------------------------------------------------ hardware
 
     def _start_probe(self, probe: Callable[[], dict[str, Any]]) -> None:
-        self._probe_thread = _HardwareProbe(probe, self)
-        self._probe_thread.probed.connect(self._on_probe_thread_probed)
+        # A plain daemon thread, not a QThread: nvidia-smi may take seconds, and the app must be
+        # able to quit (and this dialog to be deleted) while it runs.
+        def run() -> None:
+            try:
+                report = probe()
+            except Exception as exc:  # noqa: BLE001 - a failed probe is shown, not raised
+                log.exception("hardware probe failed")
+                report = {"verdict": {"code": "unknown", "summary": f"The hardware check failed ({exc}).", "notes": []}}
+            try:
+                self._probed.emit(report)
+            except RuntimeError:
+                pass  # the dialog is gone
+
+        self._probe_thread = threading.Thread(target=run, name="hardware-probe", daemon=True)
         self._probe_thread.start()
 
     def _on_probe_thread_probed(self, report: dict[str, Any]) -> None:
@@ -379,6 +376,8 @@ class ModelSetupDialog(QDialog):
 
     def _on_download_failed(self, code: str, message: str) -> None:
         self._status(message, error=True)
+        if code in ("gated", "unauthorized", "not_found"):
+            self.token_edit.setFocus()
         self._refresh_download_buttons()
 
     def _on_download_paused(self) -> None:
@@ -455,7 +454,7 @@ class ModelSetupDialog(QDialog):
         """Pauses a running download (partial files are kept) and stops the hardware probe."""
         self.download.shutdown()
         if self._probe_thread is not None:
-            self._probe_thread.wait()
+            self._probe_thread.join(timeout=30)
 
 
 def describe_hardware(report: dict[str, Any]) -> str:
