@@ -154,22 +154,21 @@ def _one_dtype(plan: Plan, size: str, dtype: str, results: Results) -> dict[str,
 
     device = plan.device
     out: dict[str, Any] = {}
-    build_dtype = "bf16" if dtype == "nf4" else dtype
 
     # --- diffusion
+    _reset_peak(device)
     start = time.perf_counter()
-    model = models.build(DiffusionGemmaForBlockDiffusion, diffusion_config(size, plan.canvas_length), device, build_dtype)
-    d_parameters = models.parameter_count(model)
+    config = diffusion_config(size, plan.canvas_length)
     if dtype == "nf4":
-        d_quantizer = models.quantize_nf4(model)
+        model = models.build_nf4(DiffusionGemmaForBlockDiffusion, config, device)
+    else:
+        model = models.build(DiffusionGemmaForBlockDiffusion, config, device, dtype)
     build_s = time.perf_counter() - start
-    d: dict[str, Any] = {"parameters": d_parameters, "weights_gib": models.weight_gib(model), "build_s": round(build_s, 2)}
-    if dtype == "nf4":
-        d["quantized_with"] = d_quantizer
-    if device.startswith("cuda"):
-        import torch
-
-        d["gpu_memory_allocated_gib"] = round(torch.cuda.memory_allocated() / 1024**3, 2)
+    d: dict[str, Any] = {
+        "parameters": models.meta_parameter_count(DiffusionGemmaForBlockDiffusion, config),
+        "weights_gib": models.weight_gib(model),
+        "build_s": round(build_s, 2),
+    }
     # One untimed generate pays for first-call costs (kernel selection, lazy imports) once.
     diffusion.tokens_per_second(model, device, steps=2, prompt_tokens=plan.prompt_tokens, canvases=1, runs=1, warmup=0)
     d["decoder_forward_ms"] = {
@@ -189,23 +188,28 @@ def _one_dtype(plan: Plan, size: str, dtype: str, results: Results) -> dict[str,
         )
         for s in plan.steps_per_canvas
     }
+    d.update(_peak(device))
     out["diffusion"] = d
     del model
     models.release()
 
     # --- autoregressive baseline
+    _reset_peak(device)
     start = time.perf_counter()
-    ar = models.build(Gemma4ForCausalLM, autoregressive_config(size), device, build_dtype)
-    a_parameters = models.parameter_count(ar)
-    a_quantizer = models.quantize_nf4(ar) if dtype == "nf4" else None
+    config = autoregressive_config(size)
+    if dtype == "nf4":
+        ar = models.build_nf4(Gemma4ForCausalLM, config, device)
+    else:
+        ar = models.build(Gemma4ForCausalLM, config, device, dtype)
     a: dict[str, Any] = {
-        "parameters": a_parameters, "weights_gib": models.weight_gib(ar), "build_s": round(time.perf_counter() - start, 2),
+        "parameters": models.meta_parameter_count(Gemma4ForCausalLM, config),
+        "weights_gib": models.weight_gib(ar),
+        "build_s": round(time.perf_counter() - start, 2),
     }
-    if a_quantizer:
-        a["quantized_with"] = a_quantizer
     a["ms_per_token"] = autoregressive.ms_per_token(
         ar, device, prompt_tokens=plan.prompt_tokens, new_tokens=plan.ar_new_tokens, runs=plan.runs, warmup=plan.warmup
     )
+    a.update(_peak(device))
     ms = a["ms_per_token"]
     a["tokens_per_s"] = derived(1000 / ms["median"], "tokens/s", 1000 / ms["p90"], 1000 / ms["p10"])
     out["autoregressive"] = a
@@ -245,3 +249,19 @@ def _break_even(plan: Plan, d: dict[str, Any], a: dict[str, Any]) -> dict[str, A
     )
     result["published_tokens_per_forward"] = list(PUBLISHED_TOKENS_PER_FORWARD)
     return result
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> dict[str, float]:
+    """Peak GPU memory of the phase (weights, cache and activations)."""
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"gpu_peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 2)}
