@@ -416,6 +416,8 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing leaves the machine but model downloads the user asked for.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     _setup_logging()
     # stdout is the protocol: keep a private handle to it and point fd 1 at stderr, so a
     # stray print from any library (or C code) cannot corrupt the event stream.
