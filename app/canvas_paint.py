@@ -43,6 +43,7 @@ class CanvasAnimation:
         self.step_index = 0
         self.max_steps = 0
         self.pieces: tuple[str, ...] = ()
+        self.shown: tuple[str, ...] = ()  # what each position draws (piece text or a noise cell)
         self.settled: tuple[bool, ...] = ()
         self.entropy: tuple[int, ...] = ()
         self._settled_at: list[float] = []
@@ -85,6 +86,7 @@ class CanvasAnimation:
         self.max_steps = max_steps
         self.pieces = tuple(pieces)
         self.settled = settled
+        self.shown = tuple(_display(piece) if flag else NOISE_CELL for piece, flag in zip(self.pieces, settled))
         self.entropy = tuple(entropy[:count]) + (0,) * max(0, count - len(entropy))
         self._settled_at = times
         self.drafts_applied += 1
@@ -148,13 +150,12 @@ def layout_canvas(
     offset = 0
     run_key: tuple[int, int] | None = None
     run_start = 0
-    for position, (piece, flag, bucket) in enumerate(zip(animation.pieces, animation.settled, animation.entropy)):
+    fading = motion and animation.is_fading(now)
+    for position, (shown, flag, bucket) in enumerate(zip(animation.shown, animation.settled, animation.entropy)):
         if flag:
-            shown = _display(piece)
-            level = animation.fade_level(position, now) if motion else FADE_LEVELS
+            level = animation.fade_level(position, now) if fading else FADE_LEVELS
             key = (min(max(bucket, 0), 3), level)
         else:
-            shown = NOISE_CELL
             key = (-1, FADE_LEVELS)
         if not shown:
             continue

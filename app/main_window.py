@@ -354,7 +354,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ engine
 
-    def start_engine(self, model: str | None = None) -> bool:
+    def start_engine(self, model: str | None = None, open_setup_if_missing: bool = False) -> bool:
         """Starts the worker and loads `model` (default: settings, then the demo model)."""
         model = model or default_model(self.settings)
         if model is None:
@@ -363,6 +363,8 @@ class MainWindow(QMainWindow):
                 "Open Model \u25b8 Model setup\u2026 to download DiffusionGemma or choose a model folder.",
                 offer_setup=self.model_setup_action.isEnabled(),
             )
+            if open_setup_if_missing and self.model_setup_action.isEnabled():
+                self.open_model_setup()
             return False
         self._model_name = Path(model).name or model
         self._update_empty_state()
@@ -593,7 +595,8 @@ class MainWindow(QMainWindow):
                 save_settings(settings)
             except OSError as exc:
                 self.banner.show_error("Your settings could not be saved.", str(exc), offer_setup=False)
-        if model_changed and save:
+        never_started = self.client.state == EngineState.STOPPED and self.client.model_info is None
+        if save and (model_changed or never_started) and not self._closing:
             self.start_engine()
 
     def apply_theme(self) -> None:

@@ -53,7 +53,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.canvas_paint import CanvasAnimation, CanvasSegment, layout_canvas, text_height
+from app.canvas_paint import FADE_LEVELS, FADE_S, CanvasAnimation, CanvasSegment, layout_canvas, text_height
 from app.qt_models import MessageRole
 from app.replay import ReplayError, ReplayPlayer
 from app.markdown_render import COPY_CODE_SCHEME, RenderedMarkdown, renderer_for
@@ -66,6 +66,8 @@ BUBBLE_PAD_Y = 10
 USER_MAX_FRACTION = 0.78
 ASSISTANT_MAX_WIDTH = 900
 FRAME_MS = 16
+# Fading tokens step through FADE_LEVELS alpha levels; the canvas is re-laid out once per level.
+FADE_STEP_S = FADE_S / FADE_LEVELS
 DOC_CACHE_SIZE = 400
 REPLAY_END_HOLD_S = 0.6
 
@@ -151,6 +153,8 @@ class _AnimatedRow:
         self.layout_key: tuple = ()
         self.reserve_key: tuple = ()
         self.reserved_height = 0.0
+        self.announced: tuple = ()  # (canvas height, replay text) the list last laid the row out with
+        self.seen: tuple = ()  # (content, status) of the message when the list last saw a change
         self.height = 0.0
         self.paints = 0
 
@@ -507,7 +511,7 @@ class TranscriptView(QListView):
         self._editor_index: QPersistentModelIndex | None = None
         self._stick_to_bottom = True
         self._frame_timer = QTimer(self)
-        self._frame_timer.setInterval(FRAME_MS)
+        self._frame_timer.setInterval(max(FRAME_MS, int(FADE_STEP_S * 1000)))
         self._frame_timer.timeout.connect(self._on_frame_timer_timeout)
         self._replays: dict[str, Any] = {}
         self.verticalScrollBar().valueChanged.connect(self._on_scrollbar_value_changed)
@@ -542,7 +546,6 @@ class TranscriptView(QListView):
 
     def _model_connections(self, model):
         return [
-            (model.dataChanged, self._on_model_data_changed),
             (model.modelReset, self._on_model_reset),
             (model.rowsInserted, self._on_model_rows_inserted),
             (model.rowsRemoved, self._on_model_rows_removed),
@@ -554,17 +557,22 @@ class TranscriptView(QListView):
         return self._rows.get(message_id)
 
     def canvas_block_height(self, row: _AnimatedRow, width: int) -> float:
+        """Height of the open canvas plus its step counter (does not depend on the fade)."""
         small = QFontMetricsF(self._delegate._small_font).height() + 6
         if self._delegate.reduced_motion and not row.replay:
             return small
-        self.canvas_layout(row, width, time.monotonic())
+        if row.layout is None or row.layout_key[:3] != self._layout_key_base(row, width):
+            self.canvas_layout(row, width, time.monotonic())
         return row.height + small
+
+    def _layout_key_base(self, row: _AnimatedRow, width: int) -> tuple:
+        return (row.animation.drafts_applied, width, self._delegate.colors.name)
 
     def canvas_layout(self, row: _AnimatedRow, width: int, now: float):
         """The open canvas laid out for painting (rebuilt only when a draft or a fade step changed it)."""
         motion = not self._delegate.reduced_motion or row.replay
-        fading = motion and row.animation.is_fading(now)
-        key = (row.animation.drafts_applied, width, self._delegate.colors.name, fading and int(now * 1000 / FRAME_MS))
+        fade_step = int(now / FADE_STEP_S) if motion and row.animation.is_fading(now) else -1
+        key = (*self._layout_key_base(row, width), fade_step)
         if key != row.layout_key or row.layout is None:
             if not row.animation.has_draft:
                 row.layout, row.height = None, 0.0
@@ -578,9 +586,9 @@ class TranscriptView(QListView):
                 reserve_key = (row.animation.canvas_index, layout_width, font.key())
                 if reserve_key != row.reserve_key:
                     row.reserve_key, row.reserved_height = reserve_key, 0.0
-                if row.reserved_height == 0.0 or key[:1] != row.layout_key[:1]:
-                    full = "".join(row.animation.pieces)
-                    height = max(height, text_height(full, font, layout_width))
+                if row.reserved_height == 0.0:
+                    # The first draft's argmax text is about as long as the canvas will be.
+                    height = max(height, text_height("".join(row.animation.pieces), font, layout_width))
                 row.reserved_height = max(row.reserved_height, height)
                 row.height = row.reserved_height
             row.layout_key = key
@@ -657,6 +665,8 @@ class TranscriptView(QListView):
         if not index.isValid():
             return None
         row = _AnimatedRow(QPersistentModelIndex(index), message_id, replay)
+        message = message_of(index)
+        row.seen = (message.content, message.status)
         self._rows[message_id] = row
         return row
 
@@ -672,20 +682,18 @@ class TranscriptView(QListView):
         return QModelIndex()
 
     def _refresh_row(self, row: _AnimatedRow) -> None:
+        """Repaints the row, or re-lays the list out when the row's height changed."""
         index = QModelIndex(row.index)
         if not index.isValid():
             return
-        old_height = self.visualRect(index).height()
-        new_height = self._delegate.sizeHint(self.viewOptions_(), index).height()
-        if new_height != old_height:
+        width = self._delegate.content_width("assistant", self.viewport().width())
+        height = self.canvas_block_height(row, width) if row.animation.has_draft else 0.0
+        key = (height, row.committed_text if row.replay else None)
+        if key != row.announced:
+            row.announced = key
             self._delegate.sizeHintChanged.emit(index)
         else:
             self.viewport().update(self.visualRect(index))
-
-    def viewOptions_(self) -> QStyleOptionViewItem:
-        option = QStyleOptionViewItem()
-        self.initViewItemOption(option)
-        return option
 
     def _ensure_frame_timer(self) -> None:
         if not self._frame_timer.isActive():
@@ -706,6 +714,24 @@ class TranscriptView(QListView):
 
     # -- model events
 
+    def dataChanged(self, top_left: QModelIndex, bottom_right: QModelIndex, roles=()) -> None:
+        # QListView re-lays out every row on any dataChanged; a new draft only needs its row
+        # repainted, so those never reach it (the list is laid out again when the height changes).
+        if top_left.row() == bottom_right.row() and self._apply_draft_only_change(top_left):
+            return
+        self._on_model_data_changed(top_left, bottom_right, roles)
+        super().dataChanged(top_left, bottom_right, roles)
+
+    def _apply_draft_only_change(self, index: QModelIndex) -> bool:
+        message = message_of(index)
+        row = self._rows.get(message.id) if message is not None else None
+        if row is None or row.replay or message.status != "streaming" or message.draft is None:
+            return False
+        if row.seen != (message.content, message.status):
+            return False
+        self.apply_draft(message.id, message.draft)
+        return True
+
     def _on_model_data_changed(self, top_left: QModelIndex, bottom_right: QModelIndex, roles=()) -> None:
         for number in range(top_left.row(), bottom_right.row() + 1):
             index = self.model().index(number, 0)
@@ -714,6 +740,8 @@ class TranscriptView(QListView):
                 continue
             draft = getattr(message, "draft", None)
             row = self._rows.get(message.id)
+            if row is not None:
+                row.seen = (message.content, message.status)
             if draft is not None and message.status == "streaming":
                 if row is None or (row.animation.canvas_index, row.animation.step_index, row.animation.pieces, row.animation.settled) != (
                     draft.canvas_index,
