@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
+from app.qt_models import install_signal_emit_workaround
 from engine import protocol
 from engine.protocol import (
     PROTOCOL_VERSION,
@@ -37,6 +38,8 @@ from engine.protocol import (
     ModelLoaded,
     Ready,
 )
+
+install_signal_emit_workaround()
 
 log = logging.getLogger("canvas_chat.engine_client")
 worker_log = logging.getLogger("canvas_chat.engine")

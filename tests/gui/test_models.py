@@ -92,3 +92,23 @@ def test_conversation_model_passes_qtmodeltester(qtmodeltester, qtbot):
     conversations.remove(conversations[1].id)
     assert model.rowCount() == 4 and model.row_of("missing") == -1
     model.detach()
+
+
+def test_emitting_from_python_keeps_true_alive():
+    """PySide6 6.12.0 on CPython 3.11 drops a reference to True on every emit() (see
+    install_signal_emit_workaround); a long reply would abort the app with bool_dealloc."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Source(QObject):
+        fired = Signal(object)
+
+    source = Source()
+    received = []
+    source.fired.connect(received.append)
+    before = sys.getrefcount(True)
+    for index in range(20000):
+        source.fired.emit(index)
+    assert abs(sys.getrefcount(True) - before) < 100  # the bug loses 20000
+    assert len(received) == 20000
