@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
-from app.qt_models import install_signal_emit_workaround
+import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 from engine import protocol
 from engine.protocol import (
     PROTOCOL_VERSION,
@@ -38,8 +38,6 @@ from engine.protocol import (
     ModelLoaded,
     Ready,
 )
-
-install_signal_emit_workaround()
 
 log = logging.getLogger("canvas_chat.engine_client")
 worker_log = logging.getLogger("canvas_chat.engine")

@@ -6,73 +6,18 @@ list's callbacks (napari's `_base_item_model` pattern). Call `detach()` before d
 
 from __future__ import annotations
 
-import ctypes
 import enum
-import sys
 from typing import Any, Generic, TypeVar
 
-from PySide6.QtCore import (
-    QAbstractListModel,
-    QByteArray,
-    QModelIndex,
-    QObject,
-    QPersistentModelIndex,
-    Qt,
-    Signal,
-    SignalInstance,
-)
+from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt
+
+import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 
 from app.chat import Conversation, ConversationList, Message, ObservableList, Transcript
 
 T = TypeVar("T")
 _ROOT = QModelIndex()
 
-_emit_workaround_installed: bool | None = None
-
-
-def install_signal_emit_workaround() -> bool:
-    """Works around PySide6 6.12.0 on CPython < 3.12, whose `SignalInstance.emit()` returns
-    True without a new reference: every emit from Python drops one reference to True, and after
-    a few thousand (a minute of streaming drafts) the interpreter aborts with "bool_dealloc".
-    Probes for the bug once; only when it is there, emit() gives the reference back. Idempotent.
-    Returns whether the workaround is active."""
-    global _emit_workaround_installed
-    if _emit_workaround_installed is not None:
-        return _emit_workaround_installed
-    _emit_workaround_installed = False
-    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
-        return False  # True is immortal there: nothing to give back
-
-    class _Probe(QObject):
-        fired = Signal()
-
-    probe = _Probe()
-    probes = 8
-    before = sys.getrefcount(True)
-    for _ in range(probes):
-        probe.fired.emit()
-    lost = before - sys.getrefcount(True)
-    if lost < probes:
-        return False
-    incref = ctypes.pythonapi.Py_IncRef
-    incref.argtypes = [ctypes.py_object]
-    incref.restype = None
-    for _ in range(probes):
-        incref(True)
-    original_emit = SignalInstance.emit
-
-    def emit(self: SignalInstance, *args: Any) -> Any:
-        result = original_emit(self, *args)
-        if result is True:
-            incref(True)
-        return result
-
-    SignalInstance.emit = emit  # type: ignore[method-assign]
-    _emit_workaround_installed = True
-    return True
-
-
-install_signal_emit_workaround()
 
 
 class MessageRole(enum.IntEnum):

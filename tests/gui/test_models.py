@@ -94,9 +94,10 @@ def test_conversation_model_passes_qtmodeltester(qtmodeltester, qtbot):
     model.detach()
 
 
-def test_emitting_from_python_keeps_true_alive():
-    """PySide6 6.12.0 on CPython 3.11 drops a reference to True on every emit() (see
-    install_signal_emit_workaround); a long reply would abort the app with bool_dealloc."""
+
+def test_many_emits_from_python_cannot_exhaust_true_or_none():
+    """PySide6 6.12.0 on CPython 3.11 drops a reference to True on every emit() (and to None on
+    void calls); importing the Qt models must bring app.qt_compat's fix with it."""
     import sys
 
     from PySide6.QtCore import QObject, Signal
@@ -107,8 +108,7 @@ def test_emitting_from_python_keeps_true_alive():
     source = Source()
     received = []
     source.fired.connect(received.append)
-    before = sys.getrefcount(True)
     for index in range(20000):
         source.fired.emit(index)
-    assert abs(sys.getrefcount(True) - before) < 100  # the bug loses 20000
     assert len(received) == 20000
+    assert sys.getrefcount(True) > 1 << 30 and sys.getrefcount(None) > 1 << 30
