@@ -34,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dtypes", default=None, help="comma list, e.g. bf16,nf4 (default: the suite's own)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads in this process and the worker (cpu suite default: 1, steadier on a shared machine)")
+    table = commands.add_parser("table", help="Markdown tables of a results JSON (for bench/README.md)")
+    table.add_argument("results", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "table":
+        from bench.report import figures_table, gpu_rows
+
+        results = json.loads(args.results.read_text(encoding="utf-8"))
+        print(figures_table(results) + "\n\n" + gpu_rows(results))
+        return 0
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     size = args.size or ("small" if args.suite == "cpu" else "full")

@@ -6,8 +6,11 @@ and settings, each timed from "here is the message" to "here is the reply text":
 - engine in-process: `engine.generation.run_generation` (probing sampler and step streamer);
 - engine worker: a `Generate` request to `python -m engine serve` over its pipes, with every
   draft (pieces, settled mask, entropy buckets) encoded, written and read back, until `Done`.
-Process start and model load are outside every timing. Rounds interleave the three paths, in a
-rotating order, so the other load on a shared machine falls on all of them alike.
+The stock and in-process paths run in a second fresh child (`bench.stock_process`) started with the
+worker, so both sides are processes of the same age (a scheduler treats a long-busy process
+differently). Process start and model load are outside every timing. Rounds interleave the three
+paths in a rotating order, so other load on a shared machine falls on all of them alike; CPU time
+is reported beside wall time because contention inflates the one and hardly the other.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class OverheadPlan:
     steps: int = 8
     canvas_length: int = 16
     seed: int = 1234
+    threads: int | None = None
     warmup: int = 2
     runs: int = 7
     device: str = "cpu"
@@ -177,48 +181,60 @@ def measure(plan: OverheadPlan, workdir: Path | None = None, timeout_s: float = 
         return _measure(plan, Path(folder), timeout_s)
 
 
-def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    import torch
+class StockSession:
+    """`python -m bench.stock_process`: stock generate() and the engine's in-process path, in a fresh child."""
 
-    from engine import generation, protocol
-    from engine.loading import load_model
-
-    folder = build_model_folder(workdir / "tiny-diffusiongemma", plan.canvas_length, plan.steps)
-
-    # The worker imports torch and loads while this process loads its own copy.
-    worker = WorkerSession(workdir / "worker.log")
-    try:
-        loaded = load_model(str(folder), device=plan.device, quantization="none")
-        model, tokenizer = loaded.model, loaded.tokenizer
-        messages = [{"role": "user", "content": PROMPT}]
-        settings = protocol.GenerationSettings(
-            max_new_tokens=plan.max_new_tokens, max_denoising_steps=plan.steps, seed=plan.seed
+    def __init__(self, folder: Path, plan: OverheadPlan, log_path: Path):
+        self._log = open(log_path, "wb")
+        settings = {
+            "device": plan.device, "prompt": PROMPT, "max_new_tokens": plan.max_new_tokens, "steps": plan.steps,
+            "seed": plan.seed, "threads": plan.threads,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.stock_process", str(folder), json.dumps(settings)],
+            cwd=str(REPO_ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
         )
 
-        def stock() -> list[int]:
-            encoded = tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-            )
-            prompt = encoded["input_ids"].to(model.device)
-            torch.manual_seed(plan.seed)
-            out = model.generate(
-                prompt, max_new_tokens=plan.max_new_tokens, max_denoising_steps=plan.steps, return_dict_in_generate=False
-            )
-            new = out[0, prompt.shape[1] :].tolist()
-            tokenizer.decode(new, skip_special_tokens=True)
-            return new
+    def _answer(self) -> dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            self._log.flush()
+            tail = Path(self._log.name).read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+            raise RuntimeError(f"bench.stock_process exited (status {self.process.wait()}):\n" + "\n".join(tail))
+        return json.loads(line)
 
-        def in_process() -> list[int]:
-            ids = generation.encode_prompt(tokenizer, messages)
-            result = generation.run_generation(model, tokenizer, ids, settings)
-            tokenizer.decode(result.token_ids, skip_special_tokens=True)
-            return result.token_ids
+    def wait_ready(self) -> None:
+        self._answer()
 
+    def run(self, name: str) -> dict[str, Any]:
+        self.process.stdin.write(f"{name}\n".encode())
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self, timeout_s: float = 20.0) -> None:
+        try:
+            if self.process.poll() is None:
+                self.process.stdin.close()
+            self.process.wait(timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self._log.close()
+
+
+def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, Any]:
+    import psutil
+
+    from engine.loading import load_tokenizer
+
+    folder = build_model_folder(workdir / "tiny-diffusiongemma", plan.canvas_length, plan.steps)
+    # Both children start together and load while each other imports: same age, same history.
+    worker = WorkerSession(workdir / "worker.log")
+    reference = StockSession(folder, plan, workdir / "stock.log")
+    try:
         worker.start(folder, plan.device, timeout_s)
-        sync = (lambda: torch.cuda.synchronize()) if plan.device.startswith("cuda") else (lambda: None)
-
-        import psutil
-
+        reference.wait_ready()
         worker_process = psutil.Process(worker.process.pid)
 
         def worker_cpu() -> float:
@@ -230,31 +246,29 @@ def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, A
         order = ["stock", "in_process", "worker"]
         for index in range(plan.warmup + plan.runs):
             for name in order[index % 3 :] + order[: index % 3]:
-                sync()
-                cpu_before, worker_before = time.process_time(), worker_cpu()
                 if name == "worker":
+                    client_before, worker_before = time.process_time(), worker_cpu()
                     wall, done, drafts = worker.generate(plan, timeout_s)
-                    value: Any = (done.token_ids, done.stats)
+                    cpu, client = worker_cpu() - worker_before, time.process_time() - client_before
+                    outputs[name] = (done.token_ids, done.stats)
                 else:
-                    start = time.perf_counter()
-                    value = (stock if name == "stock" else in_process)()
-                    sync()
-                    wall = time.perf_counter() - start
-                cpu, worker_used = time.process_time() - cpu_before, worker_cpu() - worker_before
-                outputs[name] = value
+                    answer = reference.run(name)
+                    wall, cpu = answer["wall_s"], answer["cpu_s"]
+                    outputs[name] = answer["token_ids"]
                 if index < plan.warmup:
                     continue
                 samples.wall_s[name].append(wall)
+                samples.cpu_s[name].append(cpu)
                 if name == "worker":
-                    samples.cpu_s[name].append(worker_used)
-                    samples.client_cpu_s.append(cpu)
+                    samples.client_cpu_s.append(client)
                     samples.worker_drafts.append(drafts)
-                else:
-                    samples.cpu_s[name].append(cpu)
     finally:
         worker.close()
+        reference.close()
 
-    eos_ids = generation.eos_token_ids(model, tokenizer)
+    tokenizer = load_tokenizer(folder)
+    model_config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    eos_ids = {tokenizer.eos_token_id, *model_config["eos_token_id"]} - {None}
     worker_ids, worker_stats = outputs["worker"]
     same = (
         _until_eos(outputs["stock"], eos_ids)

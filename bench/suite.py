@@ -135,6 +135,8 @@ def run(
 
 
 def _engine_overhead(results: Results) -> None:
+    import torch
+
     from bench import overhead
 
     plan = results.plan
@@ -144,7 +146,8 @@ def _engine_overhead(results: Results) -> None:
         results.skip("engine_overhead", f"the engine's generation path is not importable ({exc})")
         return
     oplan = overhead.OverheadPlan(
-        device=plan.device, runs=plan.overhead_runs, warmup=plan.overhead_warmup, max_new_tokens=plan.overhead_new_tokens
+        device=plan.device, runs=plan.overhead_runs, warmup=plan.overhead_warmup, max_new_tokens=plan.overhead_new_tokens,
+        threads=torch.get_num_threads() if plan.device == "cpu" else None,
     )
     results.data["engine_overhead"] = overhead.measure(oplan)
 
