@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
-import dataclasses
 import importlib
 import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QFont, QFontDatabase, QGuiApplication, QKeySequence
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -31,7 +29,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chat import Message
 from app.composer import Composer
 from app.conversation_controller import ConversationController
 from app.engine_client import EngineClient, EngineState

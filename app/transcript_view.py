@@ -380,7 +380,6 @@ class TranscriptDelegate(QStyledItemDelegate):
     def _paint_canvas(self, painter: QPainter, row: _AnimatedRow, left: int, top: float, width: int) -> None:
         colors = self.colors
         small = QFontMetricsF(self._small_font)
-        counter_height = small.height() + 2
         row.paints += 1
         if not self.reduced_motion or row.replay:
             layout = self._view.canvas_layout(row, width, time.monotonic())
@@ -393,11 +392,13 @@ class TranscriptDelegate(QStyledItemDelegate):
             top += row.height
         painter.setFont(self._small_font)
         painter.setPen(QColor(colors.dim_text))
-        counter = row.animation.counter_text()
+        if self.reduced_motion and not row.replay:
+            counter = f"writing canvas {row.animation.canvas_index + 1}\u2026" if row.animation.has_draft else "writing\u2026"
+        else:
+            counter = row.animation.counter_text()
         if row.replay:
             counter = "replay \u00b7 " + counter
         painter.drawText(QPointF(left, top + 2 + small.ascent()), counter)
-        del counter_height
 
     def _paint_footer(self, painter: QPainter, message: Any, geometry: _RowGeometry) -> None:
         colors = self.colors
@@ -417,7 +418,6 @@ class TranscriptDelegate(QStyledItemDelegate):
         metrics = QFontMetricsF(self._small_font)
         baseline = geometry.footer_top + 1 + metrics.ascent()
         if message.role != "user":
-            parts = []
             mark = STATUS_MARKS.get(message.status)
             x = float(geometry.bubble.left() + 4)
             if mark:
@@ -429,7 +429,6 @@ class TranscriptDelegate(QStyledItemDelegate):
                 x += metrics.horizontalAdvance(mark_text)
             line = stats_line(message.stats)
             if line:
-                parts.append(line)
                 painter.setPen(QColor(colors.dim_text))
                 limit = (min(r.left() for r in geometry.links.values()) if geometry.links else geometry.bubble.right()) - x - 12
                 painter.drawText(QPointF(x, baseline), metrics.elidedText(line, Qt.TextElideMode.ElideRight, max(0.0, limit)))
@@ -610,7 +609,10 @@ class TranscriptView(QListView):
         row = self._row_for(message_id, replay)
         if row is None:
             return
+        previous_canvas = row.animation.canvas_index
         row.animation.apply(draft.canvas_index, draft.step_index, draft.max_steps, draft.pieces, draft.settled, draft.entropy)
+        if self._delegate.reduced_motion and not replay and previous_canvas == row.animation.canvas_index:
+            return  # reduced motion shows no step-by-step change: nothing to repaint
         self._refresh_row(row)
         if not self._delegate.reduced_motion or replay:
             self._ensure_frame_timer()
