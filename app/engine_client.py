@@ -47,6 +47,9 @@ DRAFT_INTERVAL_MS = 16  # ~60 drafts a second at most
 STDERR_TAIL_LINES = 50
 RESTART_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 HANDSHAKE_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
+# A worker that has not ended a cancelled request by then is hung (one step takes well under a
+# second): it is killed and restarted like a crashed one.
+CANCEL_TIMEOUT_S = 15.0
 _STDERR_LINE = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)\s+([\w.\-]+):\s?(.*)$")
 
 
@@ -138,6 +141,7 @@ class EngineClient(QObject):
         restart_delays_s: Sequence[float] = RESTART_DELAYS_S,
         draft_interval_ms: int = DRAFT_INTERVAL_MS,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        cancel_timeout_s: float = CANCEL_TIMEOUT_S,
         auto_restart: bool = True,
     ) -> None:
         super().__init__(parent)
@@ -181,6 +185,12 @@ class EngineClient(QObject):
         self._handshake_timer.setSingleShot(True)
         self._handshake_timer.setInterval(int(handshake_timeout_s * 1000))
         self._handshake_timer.timeout.connect(self._on_handshake_timer_timeout)
+
+        self._cancel_deadlines: dict[str, float] = {}
+        self._cancel_timeout_s = cancel_timeout_s
+        self._cancel_timer = QTimer(self)
+        self._cancel_timer.setSingleShot(True)
+        self._cancel_timer.timeout.connect(self._on_cancel_timer_timeout)
 
     # ------------------------------------------------------------------ public state
 
@@ -282,6 +292,9 @@ class EngineClient(QObject):
             QTimer.singleShot(0, self, lambda: self.generation_finished.emit(done))
             return
         self._send(protocol.Cancel(request_id=f"cancel-{uuid.uuid4().hex[:8]}", target_request_id=request_id))
+        if request_id not in self._cancel_deadlines:
+            self._cancel_deadlines[request_id] = time.monotonic() + self._cancel_timeout_s
+            self._arm_cancel_timer()
 
     def restart(self) -> None:
         """Manual restart (the crash banner's button): a fresh worker, the model reloaded."""
@@ -291,6 +304,7 @@ class EngineClient(QObject):
         if self._process is not None:
             self._stop_process(wait_ms=0)
             self._restart_pending = True  # relaunched from _on_process_finished
+            self._update_state()
         else:
             self._launch(restarting=True)
 
@@ -390,6 +404,8 @@ class EngineClient(QObject):
         self._stopping = False
         interrupted = list(self._generations)
         self._generations.clear()
+        self._cancel_deadlines.clear()
+        self._cancel_timer.stop()
         self._pending_drafts.clear()
         self._draft_timer.stop()
 
@@ -430,6 +446,28 @@ class EngineClient(QObject):
         if self._process is None and self._restart_pending:
             self._launch(restarting=True)
 
+    def _arm_cancel_timer(self) -> None:
+        if not self._cancel_deadlines:
+            self._cancel_timer.stop()
+            return
+        remaining_s = min(self._cancel_deadlines.values()) - time.monotonic()
+        self._cancel_timer.start(max(1, int(remaining_s * 1000)))
+
+    def _on_cancel_timer_timeout(self) -> None:
+        now = time.monotonic()
+        overdue = [request_id for request_id, deadline in self._cancel_deadlines.items() if deadline <= now]
+        if overdue and self._process is not None:
+            log.warning(
+                "engine worker did not stop request %s within %.0f s of the cancel; killing it",
+                overdue[0],
+                self._cancel_timeout_s,
+            )
+            self._stderr_tail.append(f"(the engine did not respond to Stop within {self._cancel_timeout_s:.0f} s)")
+            self._cancel_deadlines.clear()
+            self._process.kill()  # handled as a crash: the reply is interrupted, the worker restarts
+            return
+        self._arm_cancel_timer()
+
     def _on_handshake_timer_timeout(self) -> None:
         if self._process is not None and not self._handshaken:
             log.error("engine worker did not answer the handshake; killing it")
@@ -444,6 +482,8 @@ class EngineClient(QObject):
                 state = EngineState.RESTARTING if self._restart_pending else EngineState.CRASHED
             else:
                 state = EngineState.RESTARTING if self._restart_pending else EngineState.STOPPED
+        elif self._stopping:
+            state = EngineState.RESTARTING if self._restart_pending else self._state
         elif not self._handshaken:
             state = EngineState.RESTARTING if self._restart_pending else EngineState.STARTING
         elif self._load_request_id is not None:
@@ -591,6 +631,7 @@ class EngineClient(QObject):
 
     def _on_event_done(self, event: Done) -> None:
         self._pending_drafts.pop(event.request_id, None)
+        self._cancel_deadlines.pop(event.request_id, None)
         if self._generations.pop(event.request_id, None) is None:
             return
         self._update_state()
@@ -612,6 +653,7 @@ class EngineClient(QObject):
 
     def _fail_generation(self, error: Error) -> None:
         self._pending_drafts.pop(error.request_id, None)
+        self._cancel_deadlines.pop(error.request_id, None)
         if self._generations.pop(error.request_id, None) is None:
             return
         self._update_state()
@@ -629,8 +671,9 @@ class EngineClient(QObject):
             self._handle_stderr_line(line.decode("utf-8", "replace"))
 
     def _handle_stderr_line(self, line: str) -> None:
-        line = line.rstrip("\r")
-        if not line.strip():
+        # A progress bar redraws itself with carriage returns: keep its latest state only.
+        line = next((part for part in reversed(line.split("\r")) if part.strip()), "")
+        if not line:
             return
         self._stderr_tail.append(line)
         match = _STDERR_LINE.match(line)

@@ -182,17 +182,34 @@ def test_fault_crash_without_auto_restart_then_manual_restart(
     assert client.state == EngineState.READY
 
 
-def test_load_failure_is_reported_and_the_worker_keeps_serving(make_engine_client, qtbot, tmp_path, caplog):
-    client = make_engine_client()
+def test_load_failure_then_a_worker_hung_on_stop_is_killed_and_restarted(
+    make_engine_client, tiny_model_dir, qtbot, tmp_path, monkeypatch, caplog
+):
+    # One worker for two faults, to pay for one start: a bad model path, then a hang mid-reply.
+    monkeypatch.setenv("CANVAS_CHAT_TEST_FAULT", "hang_after_steps:1")
+    client = make_engine_client(cancel_timeout_s=0.5)
+    log = EventLog(client)
     with caplog.at_level(logging.WARNING, logger="canvas_chat.engine_client"):
         with qtbot.waitSignal(client.error_received, timeout=timeout_ms(60)) as error:
             client.start(str(tmp_path / "no-such-model"))
-        assert error.args[0].code == "model_not_found"
-        assert error.args[0].recoverable
+        assert error.args[0].code == "model_not_found" and error.args[0].recoverable
         assert client.state == EngineState.READY and client.model_info is None
         with qtbot.waitSignal(client.generation_failed, timeout=timeout_ms(30)) as failed:
             client.generate("conv-1", HISTORY, "", SETTINGS)
-    assert failed.args[0].code == "no_model_loaded"
+        assert failed.args[0].code == "no_model_loaded"
+
+        with qtbot.waitSignal(client.model_loaded, timeout=timeout_ms(60)):
+            client.load_model(str(tiny_model_dir))
+        request_id = client.generate("conv-1", HISTORY, "", SETTINGS)
+        qtbot.waitUntil(lambda: any("hanging" in line for line in client.stderr_tail()), timeout=timeout_ms(60))
+        hung_pid = client.worker_pid
+        with qtbot.waitSignals(
+            [client.worker_crashed, client.generation_interrupted, client.model_loaded], timeout=timeout_ms(60)
+        ):
+            client.cancel(request_id)
+    assert log.named("generation_interrupted") == [request_id]
+    assert any("did not respond to Stop" in line for line in log.named("worker_crashed")[0][1])
+    assert client.state == EngineState.READY and client.worker_pid != hung_pid
 
 
 def test_shutdown_mid_reply_leaves_no_process(make_engine_client, tiny_model_dir, qtbot, monkeypatch):
@@ -255,4 +272,16 @@ def test_draft_throttle_keeps_the_latest_and_never_outlives_a_commit(qapp, qtbot
     assert arrived == list(range(8))  # the recorder sees every draft
     client._handle_line(draft(0, canvas=1))
     qtbot.waitUntil(lambda: received[-1] == (1, 0), timeout=timeout_ms(2))
+    client.deleteLater()
+
+
+def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog):
+    from engine import protocol
+
+    client = EngineClient()
+    ready = protocol.Ready("hello-1", protocol_version=protocol.PROTOCOL_VERSION + 1, engine_version="9", pid=1)
+    with qtbot.waitSignal(client.error_received, timeout=1000) as error:
+        client._handle_line(protocol.encode(ready).encode())
+    assert (error.args[0].code, error.args[0].recoverable) == ("protocol_mismatch", False)
+    assert client.state == EngineState.STOPPED and client.engine_version == ""
     client.deleteLater()
