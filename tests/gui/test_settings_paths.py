@@ -121,3 +121,19 @@ def test_newer_schema_keeps_known_fields(caplog):
     data["schema_version"] = SCHEMA_VERSION + 5
     with caplog.at_level(logging.WARNING, logger="canvas_chat.settings"):
         assert settings_from_dict(data).theme == "light"
+
+
+def test_the_core_modules_work_without_qt():
+    """chat, store, settings, replay and paths stay Qt-free (usable from scripts and workers)."""
+    import subprocess
+
+    from tests.conftest import PYTHON, python_env
+
+    script = (
+        "import sys\n"
+        "import app.chat, app.paths, app.replay, app.settings, app.store\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'torch'))))\n"
+    )
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=python_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
