@@ -72,6 +72,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # the crash shot kills the worker on purpose
 
     home = Path(tempfile.mkdtemp(prefix="canvas-chat-screens-"))
     os.environ["CANVAS_CHAT_HOME"] = str(home)
