@@ -295,45 +295,36 @@ def nf4_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_inde
     routed = hidden_states[order // top_k]
     output = torch.empty(routed.shape[0], hidden_dim, dtype=compute_dtype, device=hidden_states.device)
     chunk = _dequant_chunk(hidden_states.device)
-    grouped = hidden_states.device.type == "cuda" and hasattr(torch.nn.functional, "grouped_mm")
     row = 0
     for first in range(0, self.num_experts, chunk):
         last = min(first + chunk, self.num_experts)
         rows = sum(counts[first:last])
         if rows == 0:
             continue
-        if chunk == 1:
-            spans = [(first, row, row + rows)]
-        else:
-            spans = []
-            start = row
-            for expert in range(first, last):
-                spans.append((expert, start, start + counts[expert]))
-                start += counts[expert]
         w_gate_up = gate_up.dequantize(first, last, compute_dtype)  # (n, 2I, H)
         w_down = down.dequantize(first, last, compute_dtype)  # (n, H, I)
         x = routed[row : row + rows]
-        if grouped and chunk > 1:
-            offsets = torch.tensor([end - row for _, _, end in spans], device=x.device, dtype=torch.int32)
-            h = torch.nn.functional.grouped_mm(x, w_gate_up.transpose(-2, -1), offs=offsets)
+        if chunk > 1:
+            # One grouped matmul per projection for the whole chunk; transformers' dispatcher falls
+            # back to a loop where torch's grouped_mm kernel is unavailable (GPUs before SM80).
+            from transformers.integrations.moe import _grouped_mm
+
+            offsets = torch.tensor(counts[first:last], device=x.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            h = _grouped_mm(x, w_gate_up.transpose(-2, -1), offs=offsets)
             gate, up = h.chunk(2, dim=-1)
-            h = self.act_fn(gate) * up
-            output[row : row + rows] = torch.nn.functional.grouped_mm(h, w_down.transpose(-2, -1), offs=offsets)
+            output[row : row + rows] = _grouped_mm(self.act_fn(gate) * up, w_down.transpose(-2, -1), offs=offsets)
         else:
-            for expert, begin, end in spans:
-                if end == begin:
-                    continue
-                local = expert - first
-                h = nn.functional.linear(routed[begin:end], w_gate_up[local])
-                gate, up = h.chunk(2, dim=-1)
-                output[begin:end] = nn.functional.linear(self.act_fn(gate) * up, w_down[local])
+            h = nn.functional.linear(x, w_gate_up[0])
+            gate, up = h.chunk(2, dim=-1)
+            output[row : row + rows] = nn.functional.linear(self.act_fn(gate) * up, w_down[0])
         del w_gate_up, w_down
         row += rows
-    weights = top_k_weights.reshape(-1)[order].unsqueeze(-1)
-    weighted = (output.float() * weights.float())
-    result = torch.zeros(num_tokens, hidden_dim, dtype=torch.float32, device=hidden_states.device)
-    result.index_add_(0, order // top_k, weighted)
-    return result.to(compute_dtype)
+    weighted = output.float() * top_k_weights.reshape(-1)[order].unsqueeze(-1).float()
+    # Back to (token, k) order and a plain sum: deterministic on CUDA, unlike index_add_'s atomics,
+    # so the same seed gives the same reply.
+    unsorted = torch.empty_like(weighted)
+    unsorted[order] = weighted
+    return unsorted.view(num_tokens, top_k, hidden_dim).sum(dim=1).to(compute_dtype)
 
 
 def _eager_experts_forward(self, hidden_states, top_k_index, top_k_weights):

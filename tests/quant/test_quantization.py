@@ -146,6 +146,24 @@ def test_nf4_experts_forward_equals_the_dense_forward_on_dequantized_weights(loa
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_grouped_chunks_match_one_expert_at_a_time(loaded, monkeypatch):
+    """The CUDA default (a few experts per grouped matmul) computes what the CPU path computes."""
+    _, model, _ = loaded
+    layer = model.model.decoder.layers[1].experts
+    generator = torch.Generator().manual_seed(5)
+    tokens, hidden = 24, layer.gate_up_proj.shape[2]
+    states = torch.randn(tokens, hidden, generator=generator)
+    index = torch.stack([torch.randperm(layer.num_experts, generator=generator)[:2] for _ in range(tokens)])
+    weights = torch.rand(tokens, 2, generator=generator)
+    results = {}
+    for chunk in ("1", "3", str(layer.num_experts)):
+        monkeypatch.setenv("CANVAS_CHAT_DEQUANT_CHUNK", chunk)
+        with torch.no_grad():
+            results[chunk] = layer(states, index, weights)
+    for chunk, result in results.items():
+        torch.testing.assert_close(result, results["1"], rtol=1e-5, atol=1e-5, msg=f"chunk {chunk}")
+
+
 @pytest.mark.parametrize("double", [False, True])
 def test_expert_slices_dequantize_like_the_whole_tensor(double):
     from engine.quantization import QuantSettings
