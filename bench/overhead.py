@@ -304,6 +304,7 @@ def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, A
             meaning="(worker - stock) / decoder forwards, wall time; low/high from the minimums and p90s",
             signed=True,  # a difference: noise can make it negative
         ),
+        "draft_codec": draft_codec_us(),
         # CPU time: what each path costs the processor, little moved by other load on the machine.
         "cpu_time": {
             "stock_generate_ms": cpu["stock"],
@@ -322,6 +323,36 @@ def _measure(plan: OverheadPlan, workdir: Path, timeout_s: float) -> dict[str, A
             ),
         },
     }
+
+
+def draft_codec_us(canvas_lengths: tuple[int, ...] = (16, 256), repeats: int = 200) -> dict[str, Any]:
+    """µs to encode one Draft event in the worker and to decode it in the GUI, by canvas length.
+
+    Every denoising step pays the encode (on the worker's writer thread) and, for each draft the
+    GUI reads, the decode: the part of the worker's overhead that grows with the canvas.
+    """
+    from engine import protocol as p
+
+    result: dict[str, Any] = {}
+    for length in canvas_lengths:
+        draft = p.Draft(
+            "bench-1", canvas_index=0, step_index=3, max_steps=48, text="word " * length,
+            pieces=[" word"] * length, settled=[index % 3 == 0 for index in range(length)],
+            entropy=[index % p.ENTROPY_BUCKETS for index in range(length)],
+        )
+        line = p.encode(draft)
+        encode, decode = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            p.encode(draft)
+            middle = time.perf_counter()
+            p.decode(line, p.EVENT_TYPES)
+            encode.append((middle - start) * 1e6)
+            decode.append((time.perf_counter() - middle) * 1e6)
+        result[str(length)] = {
+            "encode_us": figure(encode, "µs"), "decode_us": figure(decode, "µs"), "line_bytes": len(line),
+        }
+    return result
 
 
 def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]:

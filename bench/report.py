@@ -19,7 +19,7 @@ def figures_table(results: dict[str, Any]) -> str:
         for prompt, fig in d["encoder_forward_ms"].items():
             rows.append(f"| {dtype} encoder forward, {prompt}-token prompt | " + " | ".join(_cell(fig, 2)) + " |")
         for steps, fig in d["tokens_per_s"].items():
-            rows.append(f"| {dtype} end to end, {steps} steps/canvas ({fig['tokens_per_forward']:g} tokens/forward) | "
+            rows.append(f"| {dtype} end to end, {steps} steps/canvas ({fig['tokens_per_forward']:.3g} tokens/forward) | "
                         + " | ".join(_cell(fig)) + " |")
         rows.append(f"| {dtype} AR ms per token | " + " | ".join(_cell(a["ms_per_token"], 2)) + " |")
         rows.append(f"| {dtype} AR tokens/s | " + " | ".join(_cell(a["tokens_per_s"])) + " |")

@@ -1,9 +1,9 @@
 """A child process that runs the in-process generation paths on request, for engine_overhead.
 
-The worker is a fresh child process; running the stock path in the long-lived benchmark process
-instead would compare two processes that a busy machine schedules differently (measured here: the
-benchmark process got ~40% of a core, the fresh worker ~65%). So both paths live in fresh
-children started together, and each reports the wall and CPU time of its own call.
+The worker is a fresh child process; so is this one, started with it and loading the same folder
+the same way, so nothing the benchmark process did before (other models, their memory) touches the
+stock path. Each call reports its own wall and CPU time; no IPC sits inside the stock timing,
+because stock `generate()` has none.
 
 Protocol: one line per request on stdin, "stock" or "in_process"; one JSON line per answer,
 {"wall_s", "cpu_s", "token_ids"}. Started as `python -m bench.stock_process FOLDER PLAN_JSON`.

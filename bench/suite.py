@@ -38,7 +38,7 @@ class Plan:
     warmup: int = 1
     overhead_runs: int = 13
     overhead_warmup: int = 2
-    overhead_new_tokens: int = 96
+    overhead_new_tokens: int = 144  # 9 canvases, 72 decoder forwards
 
 
 def plan_for(suite: str, size: str) -> Plan:

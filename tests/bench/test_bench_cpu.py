@@ -97,3 +97,13 @@ def test_faster_with_fewer_steps(cpu_results):
     _, results = cpu_results
     tokens_per_s = results["dtypes"]["fp32"]["diffusion"]["tokens_per_s"]
     assert tokens_per_s["8"]["median"] > tokens_per_s["48"]["median"]
+
+
+@pytest.mark.slow
+def test_markdown_table_for_the_readme(cpu_results):
+    from bench.report import figures_table, gpu_rows
+
+    _, results = cpu_results
+    table = figures_table(results)
+    assert "fp32 decoder forward, canvas 256" in table and "break-even" in table
+    assert gpu_rows(results).count("\n") == len(results["dtypes"]) - 1
