@@ -74,7 +74,7 @@ def run_window(args: argparse.Namespace) -> int:
     window = MainWindow(settings, store, client)
     window.show()
     log.info("window shown after %.2f s", time.perf_counter() - STARTED_AT)
-    QTimer.singleShot(0, lambda: window.start_engine(args.model, open_setup_if_missing=True))
+    QTimer.singleShot(0, window, lambda: window.start_engine(args.model, open_setup_if_missing=True))
     try:
         return app.exec()
     finally:

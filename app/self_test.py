@@ -150,7 +150,7 @@ def run_self_test(args, started_at: float) -> int:
         window = MainWindow(settings, store, client)
         window.show()
         test = SelfTest(window, args.prompt, args.timeout, started_at)
-        QTimer.singleShot(0, lambda: test.start(model))
+        QTimer.singleShot(0, window, lambda: test.start(model))
         app.exec()
         window.close()
         client.shutdown()

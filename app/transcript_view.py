@@ -9,6 +9,7 @@ from __future__ import annotations
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
 import time
+import typing
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,14 @@ from PySide6.QtWidgets import (
 from app.canvas_paint import FADE_LEVELS, FADE_S, CanvasAnimation, CanvasSegment, layout_canvas, text_height
 from app.qt_models import MessageRole
 from app.replay import ReplayError, ReplayPlayer
-from app.markdown_render import COPY_CODE_SCHEME, RenderedMarkdown, renderer_for
 from app.theme import LIGHT, ThemeColors
+
+if typing.TYPE_CHECKING:
+    from app.markdown_render import RenderedMarkdown
+
+# Same as app.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
+# the first assistant message, not at startup.
+COPY_CODE_SCHEME = "copy-code"
 
 SIDE_MARGIN = 18
 ROW_GAP = 8
@@ -220,6 +227,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         if role == "user":
             doc.setPlainText(text)
         else:
+            from app.markdown_render import renderer_for
+
             renderer = renderer_for(self.colors)
             rendered = renderer.render(text)
             doc.setDefaultStyleSheet(renderer.style_sheet().replace("monospace", self._mono_family))
@@ -775,7 +784,7 @@ class TranscriptView(QListView):
                 if message is not None and message.status == "streaming":
                     self._row_for(message.id)
         self._stick_to_bottom = True
-        QTimer.singleShot(0, self._scroll_if_sticky)
+        QTimer.singleShot(0, self, self._scroll_if_sticky)
 
     def _on_model_rows_inserted(self, parent: QModelIndex, first: int, last: int) -> None:
         for number in range(first, last + 1):
@@ -784,7 +793,7 @@ class TranscriptView(QListView):
                 self._row_for(message.id)
         if self._stick_to_bottom or last == self.model().rowCount() - 1:
             self._stick_to_bottom = True
-            QTimer.singleShot(0, self._scroll_if_sticky)
+            QTimer.singleShot(0, self, self._scroll_if_sticky)
 
     def _on_model_rows_removed(self, parent: QModelIndex, first: int, last: int) -> None:
         for message_id, row in list(self._rows.items()):

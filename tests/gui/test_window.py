@@ -22,12 +22,12 @@ from tests.gui.window_helpers import (
     TEST_SETTINGS,
     CanvasRecorder,
     expected_layout_text,
-    ignore_offscreen_size_hints,
+    ignore_offscreen_limits,
     send_and_wait,
     wait_model_loaded,
 )
 
-pytestmark = [pytest.mark.slow, ignore_offscreen_size_hints]
+pytestmark = [pytest.mark.slow, ignore_offscreen_limits]
 
 # Three 16-token canvases, so a reply can be stopped or killed with a canvas committed.
 REPLY = "Each block starts as noise and **settles** into text, one canvas after another."

@@ -22,7 +22,7 @@ from app.store import ChatStore
 from app.theme import DARK, LIGHT, resolve_theme
 from app.transcript_view import stats_line
 from tests.conftest import PYTHON, python_env
-from tests.gui.window_helpers import ignore_offscreen_size_hints
+from tests.gui.window_helpers import ignore_offscreen_limits
 
 NOISE = ("zq", "#@", "xx")
 
@@ -145,7 +145,7 @@ def window(qtbot):
     store.close()
 
 
-@ignore_offscreen_size_hints
+@ignore_offscreen_limits
 def test_engine_state_is_always_shown_with_load_progress(window):
     status = window.engine_status
     assert status.isVisible() and status.label.text() == "Engine stopped"
@@ -157,7 +157,7 @@ def test_engine_state_is_always_shown_with_load_progress(window):
     assert not status.progress.isVisible() and status.label.text() == "Generating\u2026"
 
 
-@ignore_offscreen_size_hints
+@ignore_offscreen_limits
 def test_copy_buttons_put_code_and_messages_on_the_clipboard(window, qtbot):
     conversation = window.controller.new_conversation()
     reply = Message("assistant", "Run:\n\n```sh\necho hi\n```\n", conversation_id=conversation.id)
@@ -173,7 +173,7 @@ def test_copy_buttons_put_code_and_messages_on_the_clipboard(window, qtbot):
     assert QGuiApplication.clipboard().text() == reply.content
 
 
-@ignore_offscreen_size_hints
+@ignore_offscreen_limits
 def test_dark_theme_and_reduced_motion_apply_at_once(window):
     window.apply_settings(dataclasses.replace(window.settings, theme="dark", reduced_motion=True), save=False)
     assert window.colors is DARK and window.transcript_view.delegate.colors is DARK
@@ -181,7 +181,7 @@ def test_dark_theme_and_reduced_motion_apply_at_once(window):
     assert QGuiApplication.palette().window().color().name() == DARK.window
 
 
-@ignore_offscreen_size_hints
+@ignore_offscreen_limits
 def test_streaming_row_draws_the_open_canvas_from_the_message_draft(window, qtbot):
     conversation = window.controller.new_conversation()
     reply = Message("assistant", "", conversation_id=conversation.id, status="streaming")
@@ -212,3 +212,29 @@ def test_the_gui_process_never_imports_torch_or_transformers():
     )
     result = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@ignore_offscreen_limits
+def test_model_setup_action_is_disabled_when_the_module_is_missing(qtbot, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "app.model_setup" else real_find_spec(name, *args)
+    )
+    store = ChatStore()
+    window = MainWindow(Settings(), store, EngineClient())
+    qtbot.addWidget(window)
+    assert not window.model_setup_action.isEnabled()
+    window.close()
+    store.close()
+
+
+@ignore_offscreen_limits
+def test_model_setup_opens_from_the_model_menu(window):
+    assert window.model_setup_action.isEnabled()
+    window.model_setup_action.trigger()
+    dialog = window._model_setup_window
+    assert dialog is not None and dialog.isVisible()
+    dialog.shutdown()
+    dialog.close()
