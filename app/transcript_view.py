@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
+import logging
 import time
 import typing
 from collections import Counter, OrderedDict
@@ -65,6 +66,8 @@ if typing.TYPE_CHECKING:
 # Same as app.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
 # the first assistant message, not at startup.
 COPY_CODE_SCHEME = "copy-code"
+
+log = logging.getLogger("canvas_chat.transcript")
 
 SIDE_MARGIN = 18
 ROW_GAP = 8
@@ -327,7 +330,30 @@ class TranscriptDelegate(QStyledItemDelegate):
 
     # -- QStyledItemDelegate
 
+    # An exception escaping a Qt virtual aborts the process with PySide6 6.12, so a message that
+    # cannot be drawn is logged (tests fail on that record) and shown as a plain line instead.
+
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+        try:
+            return self._size_hint(index)
+        except Exception:
+            log.exception("could not lay out transcript row %d", index.row())
+            return QSize(self._view.viewport().width(), int(QFontMetricsF(self._font).height()) + ROW_GAP)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        painter.save()
+        try:
+            self._paint(painter, option, index)
+        except Exception:
+            log.exception("could not draw transcript row %d", index.row())
+            painter.restore()
+            painter.save()
+            painter.setPen(QColor(self.colors.mark_error))
+            painter.drawText(option.rect.adjusted(SIDE_MARGIN, 0, -SIDE_MARGIN, 0), int(Qt.AlignmentFlag.AlignVCenter), "(this message could not be drawn)")
+        finally:
+            painter.restore()
+
+    def _size_hint(self, index: QModelIndex) -> QSize:
         message = message_of(index)
         if message is None:
             return QSize(0, 0)
@@ -336,7 +362,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         height = geometry.bubble.height() + ROW_GAP + self._footer_height(message)
         return QSize(viewport_width, height)
 
-    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+    def _paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         message = message_of(index)
         if message is None:
             return
