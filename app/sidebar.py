@@ -40,9 +40,13 @@ class ConversationFilter(QSortFilterProxyModel):
         self._matches: dict[str, str] | None = None
 
     def set_matches(self, matches: dict[str, str] | None) -> None:
-        self.beginFilterChange()
-        self._matches = matches
-        self.endFilterChange()
+        if hasattr(self, "beginFilterChange"):  # Qt 6.10+; invalidateFilter() is deprecated there
+            self.beginFilterChange()
+            self._matches = matches
+            self.endFilterChange()
+        else:
+            self._matches = matches
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex) -> bool:
         if self._matches is None:
