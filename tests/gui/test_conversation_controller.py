@@ -56,6 +56,7 @@ def _shown(controller):
     return [(m.id, m.role, m.status, m.content) for m in controller.transcript]
 
 
+@pytest.mark.slow
 def test_send_streams_drafts_and_persists_the_reply(controller, qtbot):
     drafts_seen = []
     controller.transcript.changed.connect(
@@ -79,6 +80,7 @@ def test_send_streams_drafts_and_persists_the_reply(controller, qtbot):
     assert not controller.is_generating
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_committed_part_as_stopped(controller, qtbot):
     controller.new_conversation()
     with qtbot.waitSignal(controller.client.canvas_committed, timeout=timeout_ms(60)):
@@ -92,6 +94,7 @@ def test_stop_keeps_the_committed_part_as_stopped(controller, qtbot):
     assert controller.store.get_message(message_id).status == "stopped"
 
 
+@pytest.mark.slow
 def test_regenerate_and_edit_and_resend(controller, qtbot):
     first_reply, _ = _send_and_wait(qtbot, controller, "first question")
     _send_and_wait(qtbot, controller, "second question")
@@ -110,6 +113,7 @@ def test_regenerate_and_edit_and_resend(controller, qtbot):
     assert _stored(controller) == _shown(controller)
 
 
+@pytest.mark.slow
 def test_only_one_reply_at_a_time(controller, qtbot):
     with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(60)):
         assert controller.send("one")
@@ -119,6 +123,7 @@ def test_only_one_reply_at_a_time(controller, qtbot):
     assert len(controller.transcript) == 2
 
 
+@pytest.mark.slow
 def test_conversations_persist_across_a_restart(controller, qtbot):
     _send_and_wait(qtbot, controller, "remember me")
     conversation_id = controller.current_conversation_id

@@ -74,6 +74,7 @@ def _generate_and_wait(qtbot, client, seconds=60):
     return result
 
 
+@pytest.mark.slow
 def test_handshake_then_load_with_progress(engine, shared_engine_client):
     client, log = engine
     states = log.named("state_changed")
@@ -85,6 +86,7 @@ def test_handshake_then_load_with_progress(engine, shared_engine_client):
     assert any("engine worker" in line for line in client.stderr_tail())
 
 
+@pytest.mark.slow
 def test_reply_streams_drafts_commits_then_done(engine, qtbot):
     client, log = engine
     log.clear()
@@ -107,6 +109,7 @@ def test_reply_streams_drafts_commits_then_done(engine, qtbot):
     assert log.named("state_changed")[0] == EngineState.GENERATING
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_reply_keeping_committed_canvases(engine, qtbot):
     client, log = engine
     log.clear()
@@ -120,6 +123,7 @@ def test_cancel_stops_the_reply_keeping_committed_canvases(engine, qtbot):
     assert len(done.text) < len(REPLY)
 
 
+@pytest.mark.slow
 def test_queued_requests_run_in_turn_and_cancel_of_unknown_is_ignored(engine, qtbot):
     client, log = engine
     client.cancel("no-such-request")
@@ -131,6 +135,7 @@ def test_queued_requests_run_in_turn_and_cancel_of_unknown_is_ignored(engine, qt
     assert [d.request_id for d in log.named("generation_finished")[-2:]] == [first, second]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_reply_crashes_restarts_and_replies_again(
     make_engine_client, tiny_model_dir, qtbot, monkeypatch, caplog
 ):
@@ -159,6 +164,7 @@ def test_worker_killed_mid_reply_crashes_restarts_and_replies_again(
     assert _generate_and_wait(qtbot, client).text == REPLY
 
 
+@pytest.mark.slow
 def test_fault_crash_without_auto_restart_then_manual_restart(
     make_engine_client, tiny_model_dir, qtbot, monkeypatch, caplog
 ):
@@ -182,6 +188,7 @@ def test_fault_crash_without_auto_restart_then_manual_restart(
     assert client.state == EngineState.READY
 
 
+@pytest.mark.slow
 def test_load_failure_then_a_worker_hung_on_stop_is_killed_and_restarted(
     make_engine_client, tiny_model_dir, qtbot, tmp_path, monkeypatch, caplog
 ):
@@ -212,6 +219,7 @@ def test_load_failure_then_a_worker_hung_on_stop_is_killed_and_restarted(
     assert client.state == EngineState.READY and client.worker_pid != hung_pid
 
 
+@pytest.mark.slow
 def test_shutdown_mid_reply_leaves_no_process(make_engine_client, tiny_model_dir, qtbot, monkeypatch):
     monkeypatch.setenv("CANVAS_CHAT_TEST_FORCE_REPLY", REPLY)
     monkeypatch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.05")
