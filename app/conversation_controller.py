@@ -26,7 +26,9 @@ Signals
     reply_finished(message_id, status)           "finished" | "stopped" | "interrupted" | "error"
     generating_changed(bool)
     conversation_opened(conversation_id)         "" when none is open
-    store_failed(text)                           a write failed (full disk, read-only); text is for the user
+    store_failed(text)                           a write failed (full disk, read-only); text is for the user.
+                                                 Nothing is lost from memory, and refused writes are
+                                                 retried before the next write.
 
 Message statuses move: user "sending" → "finished"; assistant "streaming" → "finished" (done),
 "stopped" (cancelled; committed text kept), "interrupted" (worker died; committed text kept) or
@@ -99,8 +101,10 @@ class ConversationController(QObject):
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
         self._active: _ActiveReply | None = None
-        # Messages whose insert the store refused; written (in order) by the next successful write.
+        # Writes the store refused (full disk, read-only file), retried before the next write:
+        # whole messages whose insert failed, and fields of stored messages whose update failed.
         self._unsaved: dict[str, Message] = {}
+        self._unsaved_fields: dict[str, dict[str, Any]] = {}
         self._client_hooks = [
             (client.draft_received, self._on_client_draft_received),
             (client.draft_arrived, self._on_client_draft_arrived),
@@ -318,11 +322,14 @@ class ConversationController(QObject):
     # ------------------------------------------------------------------ store + transcript
 
     def _write(self, call: Callable[..., Any], *args: Any) -> Any:
-        """Runs a store write, first retrying inserts it refused before. _FAILED if it fails."""
+        """Runs a store write, first retrying the writes it refused before. _FAILED if it fails."""
         try:
             for message_id, message in list(self._unsaved.items()):
                 self.store.add_message(message)
                 del self._unsaved[message_id]
+            for message_id, fields in list(self._unsaved_fields.items()):
+                self.store.update_message(message_id, **fields)
+                del self._unsaved_fields[message_id]
             return call(*args)
         except StoreWriteError as exc:
             self.store_failed.emit(str(exc))
@@ -350,14 +357,16 @@ class ConversationController(QObject):
             return
         stored = {k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay")}
         if stored and message.id not in self._unsaved:
-            # An unsaved message is written whole (with these values) by the next successful write.
-            self._write(lambda: self.store.update_message(message.id, **stored))
+            # (An unsaved message is written whole, with these values, by the next successful write.)
+            if self._write(lambda: self.store.update_message(message.id, **stored)) is _FAILED:
+                self._unsaved_fields.setdefault(message.id, {}).update(stored)
         self.conversations.touch(message.conversation_id, values["updated"])
 
     def _remove_from(self, message_id: str) -> None:
         index = self.transcript.index_of(message_id)
         for message in self.transcript.remove_from(index):
             self._unsaved.pop(message.id, None)
+            self._unsaved_fields.pop(message.id, None)
         self._write(self.store.delete_messages_from, message_id)
 
 

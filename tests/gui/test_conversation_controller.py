@@ -213,6 +213,22 @@ def test_store_failure_keeps_messages_in_memory_and_saves_them_later(offline_con
     assert stored[1].id == message_id and stored[1].status == "error"
 
 
+def test_a_refused_final_write_is_retried_by_the_next_write(offline_controller, qtbot, caplog):
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    request_id = controller.active_request_id
+    controller.store._db.execute("PRAGMA query_only = ON")
+    with caplog.at_level(logging.ERROR, logger="canvas_chat.store"):
+        client.canvas_committed.emit(CanvasCommitted(request_id, 0, "all of it", "all of it", 3, 8))
+        with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+            client.generation_interrupted.emit(request_id)
+    assert controller.store.get_message(message_id).status == "streaming"  # still the old row
+    controller.store._db.execute("PRAGMA query_only = OFF")
+    controller.new_conversation()  # any later write flushes the refused ones first
+    stored = controller.store.get_message(message_id)
+    assert (stored.status, stored.content) == ("interrupted", "all of it")
+
+
 def test_title_from_first_line():
     assert title_from("\n  Hello world \nmore") == "Hello world"
     assert title_from("   ") == DEFAULT_TITLE
