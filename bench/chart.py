@@ -19,7 +19,7 @@ def draw(results: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=110)
     canvas = results["plan"]["canvas_length"]
     all_values: list[float] = []
-    for dtype, data in results.get("dtypes", {}).items():
+    for index, (dtype, data) in enumerate(results.get("dtypes", {}).items()):
         colour = COLOURS.get(dtype, None)
         per_steps = data["diffusion"]["tokens_per_s"]
         steps = sorted(int(s) for s in per_steps)
@@ -29,7 +29,9 @@ def draw(results: dict[str, Any], path: Path) -> Path:
         ax.errorbar(steps, medians, yerr=[low, high], marker="o", capsize=4, color=colour,
                     label=f"DiffusionGemma {dtype} (fixed steps)")
         for s, m in zip(steps, medians):
-            ax.annotate(f"{m:,.0f}", (s, m), textcoords="offset points", xytext=(6, 6), fontsize=8, color=colour)
+            # Alternate above/below so two precisions' labels do not print over each other.
+            ax.annotate(f"{m:,.0f}", (s, m), textcoords="offset points", xytext=(6, 6 if index % 2 == 0 else -13),
+                        fontsize=8, color=colour)
         ar = data["autoregressive"]["tokens_per_s"]
         ax.axhline(ar["median"], linestyle="--", color=colour, alpha=0.9,
                    label=f"autoregressive Gemma 4 {dtype}: {ar['median']:,.0f} tokens/s")
