@@ -98,3 +98,18 @@ def test_plan_command_json_offline_without_torch():
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, done.stderr
         assert json.loads(done.stdout)["verdict"] == "does_not_fit"
+
+
+def test_plan_reads_a_local_model_folder(tiny_model_dir, capsys):
+    from engine.planner import cli_main
+
+    assert cli_main(["--model", str(tiny_model_dir), "--gpu-memory", "1GB", "--context", "2048", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "fits" and report["canvas_length"] == 16
+
+
+def test_plan_rejects_an_unknown_model(capsys):
+    from engine.planner import cli_main
+
+    assert cli_main(["--model", "nobody/no-such-model"]) == 2
+    assert "no config" in capsys.readouterr().err

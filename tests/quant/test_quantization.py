@@ -182,3 +182,16 @@ def test_expert_slices_dequantize_like_the_whole_tensor(double):
 
     packed, state = F.quantize_4bit(weight, quant_type="nf4", compress_statistics=double)
     torch.testing.assert_close(whole, F.dequantize_4bit(packed, state), rtol=0, atol=0)
+
+
+def test_vision_tower_loads_on_request_unquantized(tiny_model_dir, tiny_reference):
+    model = load_model_streaming(tiny_model_dir, quantization="nf4", device="cpu", vision=True)
+    tower = model.model.encoder.vision_tower
+    assert tower is not None and model.model.encoder.embed_vision is not None
+    reference = dict(tiny_reference.named_parameters())
+    for name, param in model.named_parameters():
+        if "vision_tower" in name or "embed_vision" in name:
+            assert type(param) is torch.nn.Parameter and torch.equal(param, reference[name]), name
+    assert not [n for n, b in model.named_buffers() if b.is_meta]
+    input_ids, canvas = prompts(tiny_reference.config.text_config.vocab_size, count=1)[0]
+    assert torch.isfinite(logits(model, input_ids, canvas)).all()
