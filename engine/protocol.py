@@ -10,6 +10,7 @@ cannot decode; it never crashes on one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -252,7 +253,26 @@ MESSAGE_TYPES = {**REQUEST_TYPES, **EVENT_TYPES}
 
 
 def to_dict(message: Any) -> dict[str, Any]:
-    return {"type": message.TYPE, **dataclasses.asdict(message)}
+    return {"type": message.TYPE, **_plain(message)}
+
+
+def _plain(value: Any) -> Any:
+    """Like dataclasses.asdict, without deep-copying plain lists: a draft is encoded per step."""
+    if dataclasses.is_dataclass(value):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return [_plain(item) for item in value]
+    return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def encode(message: Any) -> str:
@@ -286,7 +306,7 @@ def request_id_of(line: str | bytes) -> str:
 
 
 def _build(cls: type, payload: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     known = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in payload.items():
