@@ -347,6 +347,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ProtocolError(f"{where}: expected a list")
         (item_hint,) = typing.get_args(hint)
+        if item_hint in (str, int, bool) and all(type(item) is item_hint for item in value):
+            return value  # the common case, checked in one pass: a draft has 3 lists per step
         return [_coerce(item, item_hint, f"{where}[]") for item in value]
     if origin is dict:
         if not isinstance(value, dict):
