@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -53,6 +54,10 @@ TORCH_VARIANT_TEXT = {"cu128": "CUDA 12.8 build, about 3 GB", "cpu": "CPU build,
 
 LOG_FILES_KEPT = 10
 HEARTBEAT_SECONDS = float(os.environ.get("CANVAS_CHAT_BOOTSTRAP_HEARTBEAT_S", "15"))
+# Setup runs us without a console; without this flag each uv or python child would open a window.
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+# Drivers before 2019 installed nvidia-smi here instead of System32.
+LEGACY_NVIDIA_SMI = r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +137,11 @@ FAILURE_KINDS = [
         21,
         "PyTorch cannot use your NVIDIA graphics card. Update the NVIDIA driver, restart Windows, then run "
         "'Repair Canvas Chat' from the Start menu.",
+    ),
+    FailureKind(
+        "APP_RUNNING",
+        22,
+        "Canvas Chat is running. Close it (and its tray or console windows), then run Setup again.",
     ),
     FailureKind(
         "INTERNAL_ERROR",
@@ -254,6 +264,19 @@ def free_bytes_at(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
+def check_env_not_in_use(env_dir: Path) -> None:
+    """Windows cannot rename a folder while a program runs from it: a running app would make uv
+    fail halfway through replacing its files, so stop before touching anything."""
+    if not env_dir.exists():
+        return
+    probe = env_dir.with_name(env_dir.name + ".in-use-check")
+    try:
+        os.rename(env_dir, probe)
+    except OSError as exc:
+        raise InstallFailed("APP_RUNNING", f"cannot move {env_dir} aside: {exc}") from exc
+    os.rename(probe, env_dir)
+
+
 def check_disk(install_dir: Path, needed: int, assume_free: int | None) -> int:
     free = assume_free if assume_free is not None else free_bytes_at(install_dir)
     if free < needed:
@@ -275,6 +298,8 @@ def _parse_capability(text: str) -> tuple[int, int] | None:
 
 def query_gpus(nvidia_smi: str) -> tuple[list[Gpu], str]:
     """Runs nvidia-smi; returns the GPUs found and, when there are none, why."""
+    if os.name == "nt" and shutil.which(nvidia_smi) is None and os.path.exists(LEGACY_NVIDIA_SMI):
+        nvidia_smi = LEGACY_NVIDIA_SMI
     base = [nvidia_smi, "--format=csv,noheader"]
     for fields in ("name,driver_version,compute_cap", "name,driver_version"):
         try:
@@ -285,6 +310,7 @@ def query_gpus(nvidia_smi: str) -> tuple[list[Gpu], str]:
                 encoding="utf-8",
                 errors="replace",
                 timeout=60,
+                creationflags=NO_WINDOW,
             )
         except FileNotFoundError:
             return [], "nvidia-smi was not found (no NVIDIA driver installed)"
@@ -347,6 +373,10 @@ def check_network(urls: list[str], timeout: float) -> None:
             pass  # the server answered; the network works
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):
+                # A TLS-inspecting proxy answered: the network works; uv uses the system
+                # certificates (UV_SYSTEM_CERTS) and will report its own error if it must.
+                continue
             errors.append(f"{url}: {reason}")
     if errors:
         raise InstallFailed("OFFLINE", "cannot reach " + "; ".join(errors))
@@ -396,6 +426,7 @@ class UvRunner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                creationflags=NO_WINDOW,
             )
         except OSError as exc:
             raise InstallFailed(failure, f"cannot start uv ({self.uv}): {exc}") from exc
@@ -450,6 +481,7 @@ def _python_version_of(python: Path) -> str | None:
             capture_output=True,
             text=True,
             timeout=120,
+            creationflags=NO_WINDOW,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -511,6 +543,7 @@ def verify_torch(python: Path, variant: str, reporter: Reporter) -> dict:
             encoding="utf-8",
             errors="replace",
             timeout=900,  # the first torch import on Windows is slow while antivirus scans the DLLs
+            creationflags=NO_WINDOW,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InstallFailed("TORCH_BROKEN", f"could not run the environment's Python: {exc}") from exc
@@ -563,6 +596,7 @@ def install(opts: Options, reporter: Reporter) -> dict:
 
     reporter.step("Checking the install folder")
     check_install_dir(install_dir)
+    check_env_not_in_use(env_dir)
     wheel = find_app_wheel(opts.payload_dir)
     app_version = wheel.name.split("-")[1]
     pins = opts.payload_dir / "requirements.txt"
@@ -614,6 +648,7 @@ def install(opts: Options, reporter: Reporter) -> dict:
             "UV_NO_CONFIG": "1",  # a user's uv.toml must not redirect our install
             "UV_PYTHON_DOWNLOADS": "never",
             "UV_CACHE_DIR": str(opts.cache_dir),
+            "UV_SYSTEM_CERTS": "1",  # trust what Windows trusts (corporate proxies)
             "NO_COLOR": "1",
         }
     )

@@ -38,6 +38,9 @@ RequestExecutionLevel user
 BrandingText "${PRODUCT} ${VERSION}"
 ShowInstDetails show
 ShowUninstDetails show
+; NSIS would count only its own 30 MB; the real need depends on the GPU, which bootstrap.py checks.
+SpaceTexts none
+DirText "Setup will install ${PRODUCT} in this folder. Python, PyTorch and the app's libraries are downloaded into it: keep about 10 GB free on its drive (3 GB on a PC without an NVIDIA RTX GPU).$\r$\n$\r$\nYour chats and settings are stored elsewhere and survive upgrades and uninstalls."
 
 VIProductVersion "${VI_VERSION}"
 VIAddVersionKey "ProductName" "${PRODUCT}"
@@ -85,7 +88,6 @@ Var SkipDeps    ; 1 in the wine smoke test
 !macro FailWith CODE
   !insertmacro BOOTSTRAP_MESSAGE ${CODE} $R9
   StrCpy $Failed 1
-  DetailPrint "$R9"
   MessageBox MB_ICONSTOP "$R9$\r$\n$\r$\nDetails: $INSTDIR\logs" /SD IDOK
   SetErrorLevel ${CODE}
   Abort "$R9"
@@ -205,12 +207,19 @@ Section "-Python, PyTorch and libraries" SecDeps
   System::Call 'Kernel32::SetEnvironmentVariable(t "UV_CACHE_DIR", t "$INSTDIR\cache")'
   System::Call 'Kernel32::SetEnvironmentVariable(t "UV_NO_CONFIG", t "1")'
   System::Call 'Kernel32::SetEnvironmentVariable(t "PYTHONUNBUFFERED", t "1")'
+  ; Trust the certificates Windows trusts, so TLS-inspecting corporate proxies work.
+  System::Call 'Kernel32::SetEnvironmentVariable(t "UV_SYSTEM_CERTS", t "1")'
 
   DetailPrint "Downloading Python ${BOOTSTRAP_PYTHON_VERSION} (about 30 MB)..."
   nsExec::ExecToLog '"$INSTDIR\uv\uv.exe" python install ${BOOTSTRAP_PYTHON_VERSION} --no-bin --no-registry --no-progress --color never'
   Pop $R0
   ${If} $R0 != 0
     DetailPrint "uv python install ended with: $R0"
+    ${If} $R0 == "error"
+    ${OrIf} $R0 < 0
+      ; uv.exe did not start at all (an NTSTATUS such as 0xC0000135): damaged or blocked, not offline.
+      !insertmacro FailWith ${EXIT_SETUP_FILES_MISSING}
+    ${EndIf}
     !insertmacro FailWith ${EXIT_PYTHON_DOWNLOAD_FAILED}
   ${EndIf}
 
@@ -222,9 +231,11 @@ Section "-Python, PyTorch and libraries" SecDeps
   nsExec::ExecToLog '"$INSTDIR\uv\uv.exe" run --no-project --no-config --managed-python --python ${BOOTSTRAP_PYTHON_VERSION} --color never "$INSTDIR\bootstrap.py" --install-dir "$INSTDIR" $R1'
   Pop $R0
   ${If} $R0 != 0
+    DetailPrint "bootstrap.py ended with: $R0"
     ${If} $R0 == "error"
-    ${OrIf} $R0 == "timeout"
       StrCpy $R0 ${EXIT_SETUP_FILES_MISSING}
+    ${ElseIf} $R0 < 0
+      StrCpy $R0 ${EXIT_INTERNAL_ERROR} ; the Python process crashed
     ${EndIf}
     !insertmacro FailWith $R0
   ${EndIf}
@@ -249,6 +260,19 @@ SectionEnd
 
 Function un.onInit
   SetShellVarContext current
+  ; Windows cannot rename a folder that a running program uses: removing half of a running app's
+  ; files would leave a broken install behind, so ask the user to close it first.
+  ${If} ${FileExists} "$INSTDIR\env\*.*"
+    check_in_use:
+    ClearErrors
+    Rename "$INSTDIR\env" "$INSTDIR\env.in-use-check"
+    ${If} ${Errors}
+      MessageBox MB_RETRYCANCEL|MB_ICONEXCLAMATION "${PRODUCT} is running. Close it, then click Retry." /SD IDCANCEL IDRETRY check_in_use
+      SetErrorLevel ${EXIT_APP_RUNNING}
+      Quit
+    ${EndIf}
+    Rename "$INSTDIR\env.in-use-check" "$INSTDIR\env"
+  ${EndIf}
 FunctionEnd
 
 Section "Uninstall"

@@ -117,6 +117,9 @@ check "old wheel removed" test ! -e "$INSTDIR/payload/canvas_chat-$OLD_VER-py3-n
 check "user data unchanged by the upgrade" test "$(cd "$USER_DATA" && find . -type f -exec sha256sum {} + | sort | sha256sum)" = "$DATA_SUM"
 
 echo "== 5. silent uninstall"
+# Stand in for the environment the bootstrap builds on Windows (skipped here): the uninstaller
+# must move it aside (its "is the app running?" check) and then remove it.
+mkdir -p "$INSTDIR/env/Scripts" && echo stand-in > "$INSTDIR/env/Scripts/canvas-chat.exe"
 run_setup "$INSTDIR/Uninstall.exe" /S; rc=$?
 sleep 1; "$WINESERVER" -w  # the uninstaller re-runs itself from %TEMP%; wait for that copy too
 check "uninstaller exit code 0 (got $rc)" test "$rc" -eq 0
@@ -125,6 +128,18 @@ check "Start menu folder removed" test ! -e "$START_MENU"
 check "desktop shortcut removed" test ! -e "$DESKTOP/Canvas Chat.lnk"
 check "registry uninstall key removed" test -z "$(reg_value DisplayName)"
 check "user data kept by the silent uninstall" test "$(cd "$USER_DATA" && find . -type f -exec sha256sum {} + | sort | sha256sum)" = "$DATA_SUM"
+
+echo "== 6. without the test switch: the dependency step fails with a mapped exit code, cleanly"
+# Here uv.exe cannot start (Wine 8.0) or cannot download Python (no network): either way Setup must
+# stop with the bootstrap table's code (15 setup files / 16 Python download), keep the Repair
+# shortcut and the uninstall entry, and not create the app shortcut.
+CANVAS_CHAT_SETUP_TEST_SKIP_DEPS= run_setup "$OLD" /S; rc=$?
+check "exit code 15 or 16 (got $rc)" test "$rc" -eq 15 -o "$rc" -eq 16
+check "Repair shortcut in place to finish later" test -s "$START_MENU/Repair Canvas Chat.lnk"
+check "uninstall entry in place" test -n "$(reg_value UninstallString)"
+check "no app shortcut for an app that is not installed" test ! -e "$START_MENU/Canvas Chat.lnk"
+run_setup "$INSTDIR/Uninstall.exe" /S; sleep 1; "$WINESERVER" -w
+check "uninstall after the failed install leaves nothing" test ! -e "$INSTDIR"
 
 echo "== $PASSES passed, $FAILS failed (log: $LOG)"
 "$WINESERVER" -k 2>/dev/null

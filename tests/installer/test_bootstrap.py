@@ -323,3 +323,17 @@ def test_long_uv_steps_report_a_heartbeat_with_the_download_so_far(tmp_path, mon
     beats = [line for line in (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines() if "still working" in line]
     assert beats and "MB downloaded" in beats[-1]
     assert any(" 2 MB" in line or " 3 MB" in line for line in beats)
+
+
+def test_a_running_app_stops_the_upgrade_before_anything_changes(tmp_path, monkeypatch):
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+
+    def locked(src, dst):
+        raise PermissionError(32, "The process cannot access the file because it is being used by another process")
+
+    monkeypatch.setattr(bootstrap.os, "rename", locked)
+    with pytest.raises(bootstrap.InstallFailed) as failure:
+        bootstrap.check_env_not_in_use(env_dir)
+    assert failure.value.kind.code == bootstrap.FAILURES["APP_RUNNING"].code
+    assert env_dir.is_dir()
