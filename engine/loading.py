@@ -169,10 +169,18 @@ def load_model(
         device=device,
         quantization=quantization,
         canvas_length=canvas_length,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=_parameter_count(config, vision),
         load_s=time.perf_counter() - started,
         is_demo=demo_manifest.is_file(),
     )
+
+
+def _parameter_count(config: dict[str, Any], vision: bool) -> int:
+    """From the config: a 4-bit model packs two weights a byte and keeps experts as buffers."""
+    from engine.planner import architecture_from_config
+
+    architecture = architecture_from_config(config)
+    return architecture.text_total + (architecture.vision_total if vision else 0)
 
 
 def load_tokenizer(folder: Path):
