@@ -14,6 +14,7 @@ import argparse  # noqa: E402
 import faulthandler  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 import app.qt_compat  # noqa: E402,F401  (PySide6 6.12 on CPython 3.11; see the module)
@@ -75,6 +76,11 @@ def run_window(args: argparse.Namespace) -> int:
     window.show()
     log.info("window shown after %.2f s", time.perf_counter() - STARTED_AT)
     QTimer.singleShot(0, window, lambda: window.start_engine(args.model, open_setup_if_missing=True))
+    # Ctrl+C in a terminal quits cleanly; the idle timer lets Python see the signal at all.
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    wake = QTimer(window)
+    wake.timeout.connect(lambda: None)
+    wake.start(250)
     try:
         return app.exec()
     finally:
