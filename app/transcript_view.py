@@ -467,6 +467,8 @@ class TranscriptDelegate(QStyledItemDelegate):
                 painter.setPen(QColor(colors.dim_text))
                 limit = (min(r.left() for r in geometry.links.values()) if geometry.links else geometry.bubble.right()) - x - 12
                 painter.drawText(QPointF(x, baseline), metrics.elidedText(line, Qt.TextElideMode.ElideRight, max(0.0, limit)))
+        if not self._view.shows_actions(message.id):
+            return
         painter.setPen(QColor(colors.link))
         for name, rect in geometry.links.items():
             painter.drawText(QPointF(rect.left() + 1, baseline), name)
@@ -542,6 +544,8 @@ class TranscriptView(QListView):
         self.setItemDelegate(self._delegate)
         self._rows: dict[str, _AnimatedRow] = {}
         self._selected_id = ""
+        self._hovered_id = ""
+        self._hovered_index: QPersistentModelIndex | None = None
         self._editor_index: QPersistentModelIndex | None = None
         self._stick_to_bottom = True
         self._frame_timer = QTimer(self)
@@ -927,9 +931,36 @@ class TranscriptView(QListView):
         local = QPointF(pos.x() - geometry.content_left, pos.y() - geometry.content_top)
         return doc.documentLayout().anchorAt(local)
 
+    def shows_actions(self, message_id: str) -> bool:
+        """Copy/Edit/Replay links show on the hovered and the selected message, and on the last one."""
+        if message_id in (self._hovered_id, self._selected_id):
+            return True
+        model = self.model()
+        if model is None or not model.rowCount():
+            return False
+        last = message_of(model.index(model.rowCount() - 1, 0))
+        return last is not None and last.id == message_id
+
+    def _set_hovered(self, index: QModelIndex) -> None:
+        message = message_of(index) if index.isValid() else None
+        message_id = message.id if message is not None else ""
+        if message_id == self._hovered_id:
+            return
+        previous = QModelIndex(self._hovered_index) if self._hovered_index is not None else QModelIndex()
+        self._hovered_id = message_id
+        self._hovered_index = QPersistentModelIndex(index) if message_id else None
+        for changed in (previous, index):
+            if changed.isValid():
+                self.viewport().update(self.visualRect(changed))
+
+    def leaveEvent(self, event) -> None:
+        self._set_hovered(QModelIndex())
+        super().leaveEvent(event)
+
     def _link_at(self, index: QModelIndex, pos: QPoint) -> str:
         geometry = self._delegate.row_geometry(index)
-        if geometry is None:
+        message = message_of(index)
+        if geometry is None or message is None or not self.shows_actions(message.id):
             return ""
         for name, rect in geometry.links.items():
             if rect.adjusted(-3, -2, 3, 2).contains(pos):
@@ -951,6 +982,7 @@ class TranscriptView(QListView):
     def mouseMoveEvent(self, event) -> None:
         index = self.indexAt(event.position().toPoint())
         pointing = False
+        self._set_hovered(index)
         if index.isValid():
             pos = event.position().toPoint()
             pointing = bool(self._link_at(index, pos) or self._anchor_at(index, pos))

@@ -238,3 +238,24 @@ def test_model_setup_opens_from_the_model_menu(window):
     assert dialog is not None and dialog.isVisible()
     dialog.shutdown()
     dialog.close()
+
+
+@ignore_offscreen_limits
+def test_hovering_a_message_shows_its_links_and_clicking_edit_asks_for_an_edit(window, qtbot):
+    conversation = window.controller.new_conversation()
+    question = Message("user", "What is a canvas?", conversation_id=conversation.id)
+    answer = Message("assistant", "A block of tokens.", conversation_id=conversation.id)
+    window.controller.transcript.append(question)
+    window.controller.transcript.append(answer)
+    view = window.transcript_view
+    qtbot.waitUntil(lambda: view.visualRect(view.index_of_message(question.id)).height() > 0, timeout=2000)
+    assert view.shows_actions(answer.id) and not view.shows_actions(question.id)  # the last message always
+    index = view.index_of_message(question.id)
+    bubble = view.delegate.row_geometry(index).bubble
+    qtbot.mouseMove(view.viewport(), bubble.center())
+    assert view.shows_actions(question.id)
+    edit_link = view.delegate.row_geometry(index).links["Edit"]
+    with qtbot.waitSignal(view.sig_edit_requested, timeout=1000) as requested:
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=edit_link.center())
+    assert requested.args == [question.id]
+    assert window.composer.editing_message_id == question.id and window.composer.text() == "What is a canvas?"
