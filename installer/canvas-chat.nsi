@@ -24,7 +24,8 @@ SetCompressor /SOLID ${COMPRESSOR}
 !define PRODUCT "Canvas Chat"
 !define PUBLISHER "Canvas Chat contributors"
 !define REG_UNINST "Software\Microsoft\Windows\CurrentVersion\Uninstall\CanvasChat"
-; platformdirs' folder for appname "CanvasChat" on Windows (data, config, logs and cache live under it).
+; app/paths.py: platformdirs, appname "CanvasChat", appauthor False. On Windows its data, config,
+; logs and models folders are all this one (tests/installer/test_user_data_location.py checks it).
 !define USER_DATA_DIR "$LOCALAPPDATA\CanvasChat"
 !define SM_FOLDER "$SMPROGRAMS\Canvas Chat"
 !define APP_EXE "$INSTDIR\env\Scripts\canvas-chat.exe"
@@ -301,7 +302,7 @@ Section "Uninstall"
   ; User data is never in the install folder. Keep it unless the user says otherwise; a silent
   ; uninstall (/S) keeps it.
   ${If} ${FileExists} "${USER_DATA_DIR}\*.*"
-    MessageBox MB_YESNO|MB_ICONQUESTION|MB_DEFBUTTON2 "Also delete your ${PRODUCT} chats, settings and logs?$\r$\n$\r$\n${USER_DATA_DIR}$\r$\n$\r$\nChoose No to keep them for a later install. Models downloaded into the Hugging Face cache are kept either way." /SD IDNO IDNO keep_user_data
+    MessageBox MB_YESNO|MB_ICONQUESTION|MB_DEFBUTTON2 "Also delete your ${PRODUCT} chats, settings, logs and the models converted for it?$\r$\n$\r$\n${USER_DATA_DIR}$\r$\n$\r$\nChoose No to keep them for a later install. Models downloaded into the Hugging Face cache are kept either way." /SD IDNO IDNO keep_user_data
     RMDir /r "${USER_DATA_DIR}"
     DetailPrint "Deleted ${USER_DATA_DIR}"
     Goto user_data_done

@@ -96,10 +96,12 @@ check "registry InstallLocation" bash -c "reg=\$(cat); echo \"\$reg\" | grep -q 
 check "registry UninstallString" bash -c "grep -q 'Uninstall.exe' <<<'$(reg_value UninstallString)'"
 check "registry QuietUninstallString ends with /S" bash -c "grep -q 'Uninstall.exe.* /S' <<<'$(reg_value QuietUninstallString)'"
 
-echo "== 2. user data, as the app would write it (platformdirs, appname CanvasChat)"
-mkdir -p "$USER_DATA/CanvasChat/Logs"
-echo "chat history $(date +%s)" > "$USER_DATA/CanvasChat/chats.sqlite3"
-echo '{"schema": 1}' > "$USER_DATA/CanvasChat/settings.json"
+echo "== 2. user data, where app/paths.py puts it on Windows (platformdirs CanvasChat, no author)"
+mkdir -p "$USER_DATA/Logs" "$USER_DATA/models/demo"
+echo "chat history $(date +%s)" > "$USER_DATA/chats.sqlite3"
+echo '{"schema": 1}' > "$USER_DATA/settings.json"
+echo "log line" > "$USER_DATA/Logs/canvas-chat.log"
+echo "weights" > "$USER_DATA/models/demo/model.safetensors"
 DATA_SUM=$(cd "$USER_DATA" && find . -type f -exec sha256sum {} + | sort | sha256sum)
 
 echo "== 3. a too-long install folder is refused"
