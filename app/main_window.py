@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
+import html
 import importlib
 import importlib.util
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +79,41 @@ def demo_model_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def default_model(settings: Settings) -> str | None:
-    """The settings' model, else the demo model, else None."""
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model the app starts with when the user has not picked one, and why."""
+
+    model: str | None
+    reason: str
+    is_demo: bool
+
+
+def choose_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> ModelChoice:
+    """The settings' model; else the real model where this PC can run it and it is downloaded;
+    else the built-in demo model on the CPU, with the reason in plain words."""
     if settings.model:
-        return settings.model
+        return ModelChoice(settings.model, "chosen in Model setup", False)
+    from app import hardware_fallback
+
+    report = (probe or hardware_fallback.probe)()
+    real = hardware_fallback.recommended_model(report)
+    if real is not None:
+        return ModelChoice(real, "your GPU can run it and it is downloaded", False)
+    verdict = report.get("verdict") or {}
+    if verdict.get("code") in ("ok", "ok_shorter_context"):
+        reason = (
+            f"{hardware_fallback.REAL_MODEL_NAME} is not downloaded yet: "
+            "open Model \u25b8 Model setup\u2026 to get it."
+        )
+    else:
+        reason = verdict.get("summary") or "no usable NVIDIA GPU was found."
     demo = demo_model_path()
-    return str(demo) if demo is not None else None
+    return ModelChoice(str(demo) if demo is not None else None, reason, True)
+
+
+def default_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> str | None:
+    """The model to start with: see choose_model."""
+    return choose_model(settings, probe).model
 
 
 class EngineStatus(QWidget):
@@ -218,6 +250,7 @@ class MainWindow(QMainWindow):
         self.colors = resolve_theme(settings.theme)
         self._settings_dialog: SettingsDialog | None = None
         self._model_setup_window: QWidget | None = None
+        self._model_choice: ModelChoice | None = None
         self._closing = False
         self._model_name = ""
 
@@ -353,7 +386,11 @@ class MainWindow(QMainWindow):
 
     def start_engine(self, model: str | None = None, open_setup_if_missing: bool = False) -> bool:
         """Starts the worker and loads `model` (default: settings, then the demo model)."""
-        model = model or default_model(self.settings)
+        if model is None:
+            self._model_choice = choose_model(self.settings)
+            model = self._model_choice.model
+        else:
+            self._model_choice = ModelChoice(model, "", False)
         if model is None:
             self.banner.show_error(
                 "No model is set up yet.",
@@ -372,7 +409,8 @@ class MainWindow(QMainWindow):
         info = self.client.model_info
         self.engine_status.show_state(state)
         if state == EngineState.READY and info is not None:
-            self.engine_status.model_label.setText(f"{Path(info.model).name} \u00b7 {info.device}")
+            name = "Demo model (toy skills only)" if getattr(info, "is_demo", False) else Path(info.model).name
+            self.engine_status.model_label.setText(f"{name} \u00b7 {info.device}")
         elif state in (EngineState.CRASHED, EngineState.STOPPED, EngineState.RESTARTING, EngineState.STARTING):
             self.engine_status.model_label.setText("")
         if state in (EngineState.READY, EngineState.GENERATING) and self.banner.kind == "crash":
@@ -548,12 +586,22 @@ class MainWindow(QMainWindow):
     def _update_empty_state(self, *_args) -> None:
         empty = len(self.controller.transcript) == 0
         if empty:
-            model = self._model_name or default_model(self.settings)
+            choice = self._model_choice
+            model = self._model_name or (choice.model if choice else None)
             name = Path(model).name if model else "no model yet"
+            demo_note = ""
+            if choice is not None and choice.is_demo and choice.model:
+                name = "built-in demo model"
+                demo_note = (
+                    "<p><b>This is a tiny demo model.</b> It knows only toy skills (capitals, colours, "
+                    "simple sums, reversing and counting words) and shows how diffusion writes.<br>"
+                    f"Why the demo: {html.escape(choice.reason)}</p>"
+                )
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
                 "<p>Ask anything. Each reply is written a block at a time:<br>"
                 "every block starts as noise and is denoised in place while you watch.</p>"
+                f"{demo_note}"
                 f"<p style='color: {self.colors.dim_text};'>Model: {name} \u00b7 Enter sends, Shift+Enter adds a line"
                 " \u00b7 Ctrl+N new chat \u00b7 Ctrl+F search</p>"
             )
