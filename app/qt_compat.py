@@ -14,9 +14,19 @@ import sys
 _RESERVE = 1 << 40
 
 
+def _affected_pyside() -> bool:
+    """pyproject pins PySide6 below 6.12; this guards installs that got 6.12 anyway."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("PySide6").startswith("6.12")
+    except PackageNotFoundError:
+        return False
+
+
 def pin_singletons() -> bool:
     """Adds a huge reserve to the reference counts of None, True and False (once)."""
-    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
+    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython" or not _affected_pyside():
         return False
     import ctypes
 
