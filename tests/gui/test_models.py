@@ -108,7 +108,11 @@ def test_many_emits_from_python_cannot_exhaust_true_or_none():
     source = Source()
     received = []
     source.fired.connect(received.append)
+    before = {"True": sys.getrefcount(True), "None": sys.getrefcount(None)}
     for index in range(20000):
         source.fired.emit(index)
     assert len(received) == 20000
-    assert sys.getrefcount(True) > 1 << 30 and sys.getrefcount(None) > 1 << 30
+    after = {"True": sys.getrefcount(True), "None": sys.getrefcount(None)}
+    for name in before:
+        # Either this PySide6 does not leak (the pin keeps 6.12 out), or the guard's reserve holds.
+        assert after[name] >= before[name] - 100 or after[name] > 1 << 30, (name, before[name], after[name])
