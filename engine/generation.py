@@ -248,6 +248,20 @@ def check_settings(model, settings: GenerationSettings) -> None:
         raise EngineError("bad_settings", "Invalid generation settings: " + "; ".join(problems) + ".")
 
 
+def check_context_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """A conversation longer than the model's positions is refused up front, not mid-reply."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    canvas = model.config.canvas_length
+    needed = prompt_tokens + math.ceil(max_new_tokens / canvas) * canvas  # whole canvases
+    if limit and needed > limit:
+        raise EngineError(
+            "context_too_long",
+            f"This conversation is {prompt_tokens:,} tokens long and the reply may add {needed - prompt_tokens:,}, "
+            f"but the model reads at most {limit:,}. Start a new chat, shorten the message, "
+            "or lower the reply length.",
+        )
+
+
 def run_generation(
     model,
     tokenizer,
@@ -267,6 +281,7 @@ def run_generation(
     attach_probe(model)
     observer = observer or StepObserver()
     kwargs = generation_kwargs(model, settings)
+    check_context_length(model, cached_tokens + len(input_ids), kwargs["max_new_tokens"])
     max_steps = kwargs.get("max_denoising_steps") or model.generation_config.max_denoising_steps or 48
     eos_ids = eos_token_ids(model, tokenizer)
     streamer = _DenoisingStreamer(model, eos_ids, max_steps, observer, should_stop)

@@ -245,6 +245,17 @@ def test_malformed_line_gets_an_error_event_and_the_worker_keeps_serving(worker,
     worker.hello()
 
 
+def test_a_huge_paste_beyond_the_models_context_is_refused_with_a_clear_message(worker):
+    huge = "lorem ipsum dolor sit amet " * 4000  # far past the tiny model's 4,096 positions
+    _, events = generate(worker, [user(huge)], seed=1, max_new_tokens=16)
+    error = events[-1]
+    assert isinstance(error, p.Error) and error.code == "context_too_long" and error.recoverable
+    assert "reads at most 4,096" in error.message
+    assert not [e for e in events if isinstance(e, p.Draft)]
+    _, events = generate(worker, [user("Hi")], seed=1, max_new_tokens=16)
+    assert isinstance(events[-1], p.Done)
+
+
 def test_generate_without_a_model_says_so():
     process = WorkerProcess()
     process.hello()
