@@ -1,0 +1,75 @@
+"""The shipped demo model answers held-out questions correctly through `python -m engine generate`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+
+import pytest
+
+from engine.demo.corpus import held_out_examples, training_examples
+from tests.conftest import PYTHON, REPO_ROOT, python_env
+
+DEMO_MODEL = REPO_ROOT / "resources" / "demo-model"
+SEED = 0
+
+# Held-out questions (never in training) that the shipped model answers right at SEED with the
+# folder's generation settings, and also at seeds 1-7 (checked with the evaluator's answerer
+# when the model was trained): a capital in a held-out phrasing, a colour mix, a six-word
+# reversal, a sum, and a paraphrased question about the demo itself whose reply spans three
+# canvases.
+QUESTIONS = [
+    "capital of Japan?",
+    "If I mix blue and yellow, what colour do I get?",
+    "Reverse: stone stone bus bell table cloud",
+    "What is 8 + 7?",
+    "Please introduce yourself.",
+]
+
+
+def _expected(question: str) -> str:
+    answers = {e.question: e.answer for e in held_out_examples()}
+    assert question in answers, f"{question!r} is not a held-out question"
+    return answers[question]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_demo_model_answers_held_out_question(question):
+    expected = _expected(question)
+    proc = subprocess.run(
+        [PYTHON, "-m", "engine", "generate", "--model", str(DEMO_MODEL), "--prompt", question,
+         "--json", "--seed", str(SEED)],
+        capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reply["text"].strip() == expected
+    assert reply["finish_reason"] == "eos"
+    assert reply["token_ids"], "the reply carries its token ids"
+    if len(reply["token_ids"]) > 16:  # longer than one canvas: the GUI shows canvases committing
+        assert reply["canvases"] > 1
+
+
+def test_held_out_questions_never_appear_in_training():
+    held_out = {e.question.lower().rstrip("?.!") for e in held_out_examples()}
+    seen = {e.question.lower().rstrip("?.!") for e in itertools.islice(training_examples(seed=0), 20000)}
+    assert not held_out & seen
+
+
+def test_training_forward_matches_generate_path():
+    """The batched training forward (one encoder pass, all canvases under a block mask) gives
+    the logits of generate()'s step-by-step path, for replies of one to three canvases."""
+    import torch
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from engine.demo.corpus import tokenizer_texts
+    from engine.demo.tokenizer import build_tokenizer
+    from engine.demo.train import Recipe, check_matches_generate, demo_config, forward_check_examples
+
+    tokenizer = build_tokenizer(tokenizer_texts(), 512)
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(demo_config(len(tokenizer), Recipe(hidden_size=64, num_layers=2)))
+    diff = check_matches_generate(model, tokenizer, forward_check_examples(), len(tokenizer))
+    assert diff < 1e-4
