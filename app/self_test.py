@@ -1,7 +1,7 @@
 """`python -m app --self-test`: the real window off-screen, one message through the real worker.
 
-Prints one JSON line (reply, finish_reason, the reply's stats, window_shown_s, model_ready_s) and
-exits 0; any failure exits non-zero with a plain message on stderr. Chats go to a temporary
+Prints one JSON line (reply, finish_reason, the reply's stats, window_shown_s, model_ready_s,
+model, device, is_demo) and exits 0; any failure exits non-zero with a plain message on stderr. Chats go to a temporary
 database, so a self-test never adds to the user's history.
 """
 
@@ -38,6 +38,7 @@ class SelfTest:
         self.started_at = started_at
         self.window_shown_s = 0.0
         self.model_ready_s: float | None = None
+        self.model_info: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
         self.failure: SelfTestFailure | None = None
         self._message_id: str | None = None
@@ -75,6 +76,7 @@ class SelfTest:
 
     def _on_client_model_loaded(self, info: Any) -> None:
         self.model_ready_s = round(time.perf_counter() - self.started_at, 3)
+        self.model_info = {"model": info.model, "device": info.device, "is_demo": info.is_demo}
 
     def _on_client_error_received(self, error: Any) -> None:
         self._fail(f"the engine reported {error.code}: {error.message}", EXIT_ENGINE_FAILED)
@@ -102,6 +104,7 @@ class SelfTest:
             "stats": stats,
             "window_shown_s": self.window_shown_s,
             "model_ready_s": self.model_ready_s,
+            **self.model_info,
         }
         self._quit()
 

@@ -46,3 +46,16 @@ def test_self_test_fails_clearly_when_the_model_is_missing(tmp_path):
     assert result.returncode != 0
     assert result.stdout == ""
     assert "self-test failed: the engine reported model_not_found" in result.stderr
+
+
+def test_without_a_gpu_or_weights_the_self_test_uses_the_demo_model_and_answers_right(tmp_path):
+    no_tools = tmp_path / "empty-path"  # no nvidia-smi on PATH: a PC without an NVIDIA GPU
+    no_tools.mkdir()
+    result = run_app("--self-test", "--prompt", "Tell me the capital of Peru.", PATH=str(no_tools))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["is_demo"] is True and report["device"] == "cpu"
+    assert report["model"].endswith("demo-model")
+    # A held-out question the shipped demo answers right at the app's default settings.
+    assert report["reply"] == "The capital of Peru is Lima."
+    assert report["finish_reason"] == "eos"
