@@ -111,6 +111,7 @@ class Engine:
         self.emit = emit
         self.cancels = cancels
         self.loaded = None
+        self.pieces: _PieceTable | None = None
         from engine.conversations import ConversationCaches
 
         self.caches = ConversationCaches()
@@ -198,6 +199,7 @@ class Engine:
                 ) from None
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
+        self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
                 request.request_id,
@@ -241,7 +243,7 @@ class Engine:
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
         plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
-        pieces = _PieceTable(tokenizer)
+        pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
 
