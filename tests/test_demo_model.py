@@ -17,14 +17,15 @@ SEED = 0
 # Held-out questions (never in training) that the shipped model answers right at SEED with the
 # folder's generation settings, and also at seeds 1-7 (checked with the evaluator's answerer
 # when the model was trained): a capital in a held-out phrasing, a colour mix, a six-word
-# reversal, a sum, and a paraphrased question about the demo itself whose reply spans three
-# canvases.
+# reversal, a sum, a paraphrased question about the demo itself whose reply spans three
+# canvases, and a held-out greeting (the 58-minute model without greetings small talk got it wrong).
 QUESTIONS = [
     "capital of Japan?",
     "If I mix blue and yellow, what colour do I get?",
     "Reverse: stone stone bus bell table cloud",
     "What is 8 + 7?",
     "Please introduce yourself.",
+    "Hi, how are you?",
 ]
 
 
@@ -56,6 +57,22 @@ def test_held_out_questions_never_appear_in_training():
     held_out = {e.question.lower().rstrip("?.!") for e in held_out_examples()}
     seen = {e.question.lower().rstrip("?.!") for e in itertools.islice(training_examples(seed=0), 20000)}
     assert not held_out & seen
+
+
+def test_greetings_are_trained_and_held_out_greetings_are_not():
+    """Greetings small talk is in training with the one greeting reply; the held-out greetings
+    ('Hi, how are you?' among them) never are, not even up to case, commas and punctuation."""
+    from engine.demo.corpus import GREETING_SMALL_TALK, SELF_ANSWERS, SELF_QUESTIONS, _loose
+
+    held_out = SELF_QUESTIONS["greeting"][1]
+    assert "Hi, how are you?" in held_out
+    loose = {_loose(q) for q in held_out}
+    assert not loose & {_loose(q) for q in SELF_QUESTIONS["greeting"][0] + GREETING_SMALL_TALK}
+    greetings = [e for e in itertools.islice(training_examples(seed=0), 20000)
+                 if e.answer == SELF_ANSWERS["greeting"]]
+    assert len(greetings) > 500
+    assert not loose & {_loose(e.question) for e in greetings}
+    assert {_loose(q) for q in GREETING_SMALL_TALK} <= {_loose(e.question) for e in greetings}
 
 
 def test_training_forward_matches_generate_path():

@@ -121,7 +121,10 @@ SELF_ANSWERS = {
         "Open the Model setup screen and download DiffusionGemma 26B-A4B. It is the real model; "
         "I am only a tiny demo."
     ),
-    "greeting": "Hello! I am the tiny demo model of Canvas Chat. Try: What is the capital of France?",
+    "greeting": (
+        "Hello! I am the tiny demo model of Canvas Chat. I can name capitals, tell colours, "
+        "reverse or count words and add small numbers."
+    ),
 }
 
 # intent -> (training phrasings, held-out phrasings)
@@ -156,9 +159,28 @@ SELF_QUESTIONS = {
     ),
     "greeting": (
         ["Hello", "Hello!", "Hi", "Hi!", "hi", "hello", "Hey", "Hey!", "Good morning!", "Hi there!"],
-        ["Hello there!", "Hey there!", "Hi, how are you?"],
+        # Held out: the first three since the first model; the rest since greetings small talk
+        # came in (GREETING_SMALL_TALK below), none of them a trivial variant of a training one.
+        ["Hello there!", "Hey there!", "Hi, how are you?", "Good evening!", "Hey, what's new?",
+         "Hello, how have you been?"],
     ),
 }
+
+# Greetings and small talk: users very often open a chat with one. These training phrasings come
+# on top of the greeting phrasings above, from their own interleaved stream (see
+# `training_examples`), so that every other generated example stays identical for a seed.
+# "how are you" appears only inside longer questions, never as "Hi, how are you?" (held out).
+GREETING_SMALL_TALK = [
+    "Good morning", "Good morning.", "Good afternoon!", "Morning!", "Hiya!", "Howdy!",
+    "Greetings!", "Yo!", "Hey hey!", "Hello hello!", "Hi Canvas Chat!", "Hello, Canvas Chat!",
+    "Hey, how's it going?", "How's it going?", "How do you do?", "Hello, how do you do?",
+    "How are you doing today?", "How are you today?", "Hey, how are you doing?", "How are things?",
+    "Hi! How are things?", "What's up?", "Hey, what's up?", "Nice to meet you!",
+    "Hello, nice to meet you.", "Hi, nice to meet you!", "Good to see you!", "Anyone there?",
+    "Hello? Is anyone there?", "Hey, how have you been?", "Hi, how is your day?",
+    "Good day!", "Hi again!", "Hello again!", "Hey, good morning!",
+]
+GREETING_RATE = 0.05  # greetings interleaved per regular training example
 
 SKILLS = ("capitals", "colours", "reverse", "count", "add", "self")
 
@@ -289,15 +311,28 @@ SKILL_WEIGHTS = {"capitals": 0.6, "colours": 0.8, "reverse": 2.5, "count": 1.2, 
 def training_examples(seed: int, skills=SKILLS) -> Iterator[Example]:
     """An endless, seeded stream of training examples; never yields a held-out question."""
     rng = random.Random(seed)
+    # Greetings small talk draws from its own generator, so the main stream is unchanged by it.
+    greeting_rng = random.Random(f"{seed}-greetings")
+    greetings = SELF_QUESTIONS["greeting"][0] + GREETING_SMALL_TALK
     names = [s for s in SKILL_WEIGHTS if s in skills]
     weights = [SKILL_WEIGHTS[s] for s in names]
     held_out = {e.question for e in held_out_examples()}
+    held_out_loose = {_loose(q) for q in held_out}
     while True:
+        if "self" in skills and greeting_rng.random() < GREETING_RATE:
+            question = _maybe_lower(greeting_rng, greeting_rng.choice(greetings))
+            if _loose(question) not in held_out_loose:
+                yield Example("self", question, SELF_ANSWERS["greeting"])
         example = _sample(rng, rng.choices(names, weights)[0])
         question = _maybe_lower(rng, example.question)
         if question in held_out:
             continue
         yield Example(example.skill, question, example.answer)
+
+
+def _loose(question: str) -> str:
+    """A question up to case, final punctuation and commas: 'hi how are you' is 'Hi, how are you?'."""
+    return question.lower().replace(",", "").rstrip("?.!").strip()
 
 
 def tokenizer_texts() -> list[str]:

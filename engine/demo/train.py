@@ -1,6 +1,8 @@
 """Trains the built-in demo DiffusionGemma on the synthetic corpus, reproducibly from a seed.
 
     python -m engine.demo.train --out resources/demo-model --minutes 40 --seed 0 --threads 1
+    python -m engine.demo.train --init resources/demo-model --out /tmp/demo-ft --minutes 19 \
+        --seed 1 --threads 2 --lr 3e-4 --warmup-steps 50      # fine-tune the shipped weights
 
 The training forward uses only the model's public arguments and mirrors what `generate()` does
 at inference: the causal encoder runs once over prompt + clean answer (its KV cache, plus an
@@ -340,20 +342,36 @@ def train(args) -> Path:
     from transformers import DiffusionGemmaForBlockDiffusion
 
     torch.set_num_threads(args.threads)
-    recipe = Recipe(
-        hidden_size=args.hidden, num_layers=args.layers, batch_size=args.batch_size, lr=args.lr
-    )
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
+    if args.init:
+        # Fine-tuning: the folder's own tokenizer (a rebuilt BPE could differ from the one its
+        # weights were trained with) and its weights, loaded in fp32 even when shipped in bf16.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)
+        text_config = model.config.get_text_config(decoder=True)
+        recipe = Recipe(
+            hidden_size=text_config.hidden_size, num_layers=text_config.num_hidden_layers,
+            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        )
+        log(f"fine-tuning from {args.init}")
+    else:
+        recipe = Recipe(
+            hidden_size=args.hidden, num_layers=args.layers, batch_size=args.batch_size, lr=args.lr,
+            warmup_steps=args.warmup_steps,
+        )
+        tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
+        config = demo_config(len(tokenizer), recipe)
+        model = DiffusionGemmaForBlockDiffusion(config)
     vocab_size = len(tokenizer)
-    config = demo_config(vocab_size, recipe)
-    model = DiffusionGemmaForBlockDiffusion(config)
     # grouped_mm was erratic for training on CPU (1.5-10 s per step); eager is steady.
     model.set_experts_implementation("eager")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"parameters: {n_params:,} ({n_params / 1e6:.2f} M), vocab {vocab_size}")
 
+    model.train(False)
     diff = check_matches_generate(model, tokenizer, forward_check_examples(), vocab_size)
     log(f"training forward vs generate() path at init: max |dlogit| = {diff:.2e}")
     if diff > 1e-4:
@@ -423,6 +441,7 @@ def save(model, tokenizer, args, recipe: Recipe, steps: int, minutes: float, for
             "threads": args.threads,
             "recipe": recipe.__dict__,
             "command": " ".join(["python -m engine.demo.train"] + sys.argv[1:]),
+            "init": args.init,
             "forward_vs_generate_max_abs_logit_diff": forward_diff,
         },
     }
@@ -445,6 +464,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     parser.add_argument("--lr", type=float, default=Recipe.lr)
+    parser.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
+    parser.add_argument("--init", metavar="FOLDER",
+                        help="fine-tune from a saved demo model (its weights and tokenizer)")
     parser.add_argument("--hidden", type=int, default=Recipe.hidden_size)
     parser.add_argument("--layers", type=int, default=Recipe.num_layers)
     parser.add_argument("--denoising-steps", type=int, default=16)
