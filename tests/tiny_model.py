@@ -8,61 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.demo.tokenizer import (
-    BOI_TOKEN_ID,
     BOS_ID,
     END_OF_TURN_ID,
-    EOI_TOKEN_ID,
     EOS_ID,
-    IMAGE_TOKEN_ID,
     PAD_ID,
     build_tokenizer,
 )
 
 
 def tiny_config(vocab_size: int, canvas_length: int = 16, hidden_size: int = 64, num_layers: int = 2):
-    from transformers import DiffusionGemmaConfig
+    from engine.demo.train import small_diffusion_gemma_config
 
-    layer_types = ["sliding_attention"] * (num_layers - 1) + ["full_attention"]
-    text_config = dict(
-        vocab_size=vocab_size,
+    return small_diffusion_gemma_config(
+        vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"],
         head_dim=16,
         global_head_dim=32,
-        num_global_key_value_heads=1,
-        layer_types=layer_types,
         sliding_window=64,
-        num_experts=4,
-        top_k_experts=2,
-        moe_intermediate_size=hidden_size,
-        enable_moe_block=True,
-        max_position_embeddings=4096,
-        pad_token_id=PAD_ID,
-        eos_token_id=[EOS_ID, END_OF_TURN_ID],
-        bos_token_id=BOS_ID,
-    )
-    vision_config = dict(
-        model_type="gemma4_vision",
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
-    return DiffusionGemmaConfig(
-        text_config=text_config,
-        vision_config=vision_config,
         canvas_length=canvas_length,
-        image_token_id=IMAGE_TOKEN_ID,
-        boi_token_id=BOI_TOKEN_ID,
-        eoi_token_id=EOI_TOKEN_ID,
-        pad_token_id=PAD_ID,
-        eos_token_id=[EOS_ID, END_OF_TURN_ID],
-        bos_token_id=BOS_ID,
     )
 
 

@@ -52,34 +52,44 @@ class Recipe:
     t_max: float = 0.8
 
 
-def demo_config(vocab_size: int, recipe: Recipe):
+def small_diffusion_gemma_config(
+    vocab_size: int,
+    *,
+    hidden_size: int,
+    layer_types: list[str],
+    head_dim: int,
+    global_head_dim: int,
+    sliding_window: int,
+    canvas_length: int,
+):
+    """A DiffusionGemma config at toy size with the Gemma-4-style special token ids.
+
+    Shared by the demo model and the tests' tiny models so both load exactly like the real one.
+    """
     from transformers import DiffusionGemmaConfig
 
-    hidden = recipe.hidden_size
-    layer_types = ["sliding_attention", "full_attention"] * (recipe.num_layers // 2)
     text_config = dict(
         vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=recipe.num_layers,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=len(layer_types),
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=hidden // 4,
-        global_head_dim=hidden // 4,
+        head_dim=head_dim,
+        global_head_dim=global_head_dim,
         num_global_key_value_heads=1,
         layer_types=layer_types,
-        # Longer than any demo exchange, so training and inference see the same attention.
-        sliding_window=256,
+        sliding_window=sliding_window,
         num_experts=4,
         top_k_experts=2,
-        moe_intermediate_size=hidden,
+        moe_intermediate_size=hidden_size,
         enable_moe_block=True,
         max_position_embeddings=4096,
         pad_token_id=PAD_ID,
         eos_token_id=[EOS_ID, END_OF_TURN_ID],
         bos_token_id=BOS_ID,
     )
-    # The encoder always builds a vision tower; keep it minimal (the demo is text only).
+    # The encoder always builds a vision tower; keep it minimal (text only).
     vision_config = dict(
         model_type="gemma4_vision",
         hidden_size=16,
@@ -92,13 +102,27 @@ def demo_config(vocab_size: int, recipe: Recipe):
     return DiffusionGemmaConfig(
         text_config=text_config,
         vision_config=vision_config,
-        canvas_length=CANVAS_LENGTH,
+        canvas_length=canvas_length,
         image_token_id=IMAGE_TOKEN_ID,
         boi_token_id=BOI_TOKEN_ID,
         eoi_token_id=EOI_TOKEN_ID,
         pad_token_id=PAD_ID,
         eos_token_id=[EOS_ID, END_OF_TURN_ID],
         bos_token_id=BOS_ID,
+    )
+
+
+def demo_config(vocab_size: int, recipe: Recipe):
+    hidden = recipe.hidden_size
+    return small_diffusion_gemma_config(
+        vocab_size,
+        hidden_size=hidden,
+        layer_types=["sliding_attention", "full_attention"] * (recipe.num_layers // 2),
+        head_dim=hidden // 4,
+        global_head_dim=hidden // 4,
+        # Longer than any demo exchange, so training and inference see the same attention.
+        sliding_window=256,
+        canvas_length=CANVAS_LENGTH,
     )
 
 
