@@ -55,10 +55,10 @@ def run_window(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow
+    from app.worker.engine_client import EngineClient
+    from app.window.main_window import MainWindow
     from app.settings import load_settings
-    from app.store import ChatStore, StoreError
+    from app.chat.store import ChatStore, StoreError
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Canvas Chat")

@@ -65,7 +65,7 @@ class Settings:
     seed: int | None = None  # None: a new random seed per reply
     theme: ThemeName = "system"
     reduced_motion: bool = False
-    replay_speed: float = 1.0  # 1.0 = one draft frame per 1/30 s; see app.replay
+    replay_speed: float = 1.0  # 1.0 = one draft frame per 1/30 s; see app.chat.replay
     model: str | None = None  # a folder or hub id; None: the default model
     device: DeviceName = "auto"
     quantization: QuantizationName = "auto"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def report_rtx_4090() -> dict:
-    from app import hardware_fallback as hw
+    from app.setup import hardware_fallback as hw
 
     gpu = {
         "index": 0,
@@ -39,7 +39,7 @@ def report_rtx_4090() -> dict:
 
 
 def report_no_gpu() -> dict:
-    from app import hardware_fallback as hw
+    from app.setup import hardware_fallback as hw
 
     return _report(hw, None, ram=16 * GIB, disk=120 * GIB)
 
@@ -76,8 +76,8 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from app.model_download import DownloadProgress
-    from app.model_setup import ModelSetupDialog
+    from app.setup.download import DownloadProgress
+    from app.setup.dialog import ModelSetupDialog
     from app.theme import LIGHT, apply_theme
 
     app = QApplication.instance() or QApplication([])

@@ -3,7 +3,7 @@
 `probe()` answers the worker's `ProbeHardware` request and `python -m engine hardware`. It asks
 `nvidia-smi` first (no CUDA context), then torch when it is importable, and feeds the numbers to
 the memory planner (`engine.planner`) or, until that lands, to a simple NF4 estimate. The GUI has
-a torch-free twin in `app/hardware_fallback.py` that returns the same dict shape.
+a torch-free twin in `app/setup/hardware_fallback.py` that returns the same dict shape.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def make_verdict(
     disk_path: str,
     model_downloaded: bool,
 ) -> dict[str, Any]:
-    """The answer and its reasons, in plain words. Mirrored in app/hardware_fallback.py."""
+    """The answer and its reasons, in plain words. Mirrored in app/setup/hardware_fallback.py."""
     need = int(plan["total_bytes"])
     quant = str(plan.get("quantization", "nf4")).upper().replace("-DOUBLE", " (double)")
     notes: list[str] = []

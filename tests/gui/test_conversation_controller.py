@@ -7,12 +7,12 @@ import logging
 
 import pytest
 
-from app.chat import DEFAULT_TITLE
-from app.conversation_controller import ConversationController, title_from
-from app.engine_client import EngineClient, EngineState
-from app.replay import decode_frames
+from app.chat.messages import DEFAULT_TITLE
+from app.chat.controller import ConversationController, title_from
+from app.worker.engine_client import EngineClient, EngineState
+from app.chat.replay import decode_frames
 from app.settings import Settings
-from app.store import ChatStore
+from app.chat.store import ChatStore
 from engine.protocol import CanvasCommitted
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY

@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from app.engine_client import EngineClient, EngineState
+from app.worker.engine_client import EngineClient, EngineState
 from engine.protocol import GenerationSettings
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY, start_and_load
@@ -251,7 +251,7 @@ def test_malformed_lines_are_logged_and_dropped(qapp, qtbot, caplog):
 
 
 def test_draft_throttle_keeps_the_latest_and_never_outlives_a_commit(qapp, qtbot):
-    from app.engine_client import _Generation
+    from app.worker.engine_client import _Generation
     from engine import protocol
 
     client = EngineClient(draft_interval_ms=50)

@@ -13,10 +13,10 @@ import psutil
 import pytest
 from PySide6.QtCore import Qt
 
-from app.canvas_paint import NOISE_GLYPH
-from app.engine_client import EngineClient, EngineState
-from app.main_window import MainWindow
-from app.store import ChatStore
+from app.transcript.canvas_paint import NOISE_GLYPH
+from app.worker.engine_client import EngineClient, EngineState
+from app.window.main_window import MainWindow
+from app.chat.store import ChatStore
 from tests.conftest import timeout_ms
 from tests.gui.window_helpers import (
     TEST_SETTINGS,

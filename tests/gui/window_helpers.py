@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.canvas_paint import NOISE_CELL
+from app.transcript.canvas_paint import NOISE_CELL
 from app.settings import Settings
 from tests.conftest import timeout_ms
 
@@ -66,7 +66,7 @@ class CanvasRecorder:
 
 def expected_layout_text(pieces, settled) -> str:
     """What the canvas must show: settled pieces as text, every other position a neutral cell."""
-    from app.canvas_paint import _display
+    from app.transcript.canvas_paint import _display
 
     return "".join(_display(piece) if flag else NOISE_CELL for piece, flag in zip(pieces, settled))
 

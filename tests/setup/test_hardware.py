@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-import app.hardware_fallback as gui_hw
+import app.setup.hardware_fallback as gui_hw
 import engine.hardware as engine_hw
 from tests.conftest import PYTHON, python_env
 
@@ -165,7 +165,7 @@ def test_no_nvidia_smi_means_no_gpu(no_nvidia_smi):
 
 def test_gui_probe_never_imports_torch():
     code = (
-        "import sys, app.hardware_fallback as h; r = h.probe(); "
+        "import sys, app.setup.hardware_fallback as h; r = h.probe(); "
         "bad = [m for m in ('torch', 'transformers', 'engine.hardware') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

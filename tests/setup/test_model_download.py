@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.model_download import (
+from app.setup.download import (
     DownloadProgress,
     ModelDownload,
     RateMeter,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-from app import hardware_fallback as hw
-from app.model_download import TEST_DISK_FREE_ENV, TEST_RETRY_WAIT_ENV, ModelDownload
-from app.model_setup import ModelSetupDialog, open_model_setup
+from app.setup import hardware_fallback as hw
+from app.setup.download import TEST_DISK_FREE_ENV, TEST_RETRY_WAIT_ENV, ModelDownload
+from app.setup.dialog import ModelSetupDialog, open_model_setup
 from app.settings import Settings
 from tests.conftest import timeout_ms
 from tests.setup.conftest import REAL_MODEL_ID
@@ -241,9 +241,9 @@ def qtbot_button():
 
 @pytest.mark.qt_log_ignore("This plugin does not support (propagateSizeHints|raise)")
 def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot, tiny_model_dir, no_nvidia_smi):
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow
-    from app.store import ChatStore
+    from app.worker.engine_client import EngineClient
+    from app.window.main_window import MainWindow
+    from app.chat.store import ChatStore
 
     store = ChatStore()
     client = EngineClient()

@@ -32,16 +32,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.composer import Composer
-from app.conversation_controller import ConversationController
-from app.engine_client import EngineClient, EngineState
-from app.qt_models import ConversationListModel, TranscriptListModel
+from app.window.composer import Composer
+from app.chat.controller import ConversationController
+from app.worker.engine_client import EngineClient, EngineState
+from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
-from app.settings_dialog import SettingsDialog
-from app.sidebar import Sidebar
-from app.store import ChatStore
+from app.window.settings_dialog import SettingsDialog
+from app.window.sidebar import Sidebar
+from app.chat.store import ChatStore
 from app.theme import ThemeColors, apply_theme, resolve_theme
-from app.transcript_view import TranscriptView
+from app.transcript.view import TranscriptView
 
 log = logging.getLogger("canvas_chat.window")
 
@@ -93,7 +93,7 @@ def choose_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None 
     else the built-in demo model on the CPU, with the reason in plain words."""
     if settings.model:
         return ModelChoice(settings.model, "chosen in Model setup", False)
-    from app import hardware_fallback
+    from app.setup import hardware_fallback
 
     report = (probe or hardware_fallback.probe)()
     real = hardware_fallback.recommended_model(report)
@@ -329,7 +329,7 @@ class MainWindow(QMainWindow):
         self.delete_action = self._action("&Delete chat", self._on_delete_action_triggered, None, "deleteAction")
         self.restart_action = self._action("&Restart the engine", self.client.restart, None, "restartAction")
         self.model_setup_action = self._action("&Model setup\u2026", self.open_model_setup, None, "modelSetupAction")
-        self.model_setup_action.setEnabled(importlib.util.find_spec("app.model_setup") is not None)
+        self.model_setup_action.setEnabled(importlib.util.find_spec("app.setup.dialog") is not None)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -672,7 +672,7 @@ class MainWindow(QMainWindow):
 
     def open_model_setup(self) -> None:
         try:
-            module = importlib.import_module("app.model_setup")
+            module = importlib.import_module("app.setup.dialog")
         except Exception as exc:  # a broken optional module must not take the window down
             log.error("Model setup is not available: %s", exc)
             self.model_setup_action.setEnabled(False)
@@ -683,7 +683,7 @@ class MainWindow(QMainWindow):
             return
         dialog_class = getattr(module, "ModelSetupDialog", None)
         if dialog_class is None:
-            log.error("app.model_setup has neither open_model_setup nor ModelSetupDialog")
+            log.error("app.setup.dialog has neither open_model_setup nor ModelSetupDialog")
             self.model_setup_action.setEnabled(False)
             return
         self._model_setup_window = dialog_class(parent=self)

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from app.chat import (
+from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
     ConversationList,
@@ -55,10 +55,10 @@ from app.chat import (
     Message,
     Transcript,
 )
-from app.engine_client import EngineClient
-from app.replay import ReplayPlayer, ReplayRecorder
+from app.worker.engine_client import EngineClient
+from app.chat.replay import ReplayPlayer, ReplayRecorder
 from app.settings import Settings
-from app.store import ChatStore, SearchHit, StoreWriteError
+from app.chat.store import ChatStore, SearchHit, StoreWriteError
 from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
 
 log = logging.getLogger("canvas_chat.controller")

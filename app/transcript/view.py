@@ -55,15 +55,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.canvas_paint import FADE_LEVELS, FADE_S, CanvasAnimation, CanvasSegment, layout_canvas, text_height
-from app.qt_models import MessageRole
-from app.replay import ReplayError, ReplayPlayer
+from app.transcript.canvas_paint import FADE_LEVELS, FADE_S, CanvasAnimation, CanvasSegment, layout_canvas, text_height
+from app.chat.qt_models import MessageRole
+from app.chat.replay import ReplayError, ReplayPlayer
 from app.theme import LIGHT, ThemeColors
 
 if typing.TYPE_CHECKING:
-    from app.markdown_render import RenderedMarkdown
+    from app.transcript.markdown_render import RenderedMarkdown
 
-# Same as app.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
+# Same as app.transcript.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
 # the first assistant message, not at startup.
 COPY_CODE_SCHEME = "copy-code"
 
@@ -89,7 +89,7 @@ STATUS_MARKS = {
 
 
 def message_of(index: QModelIndex) -> Any:
-    """The `app.chat.Message` behind a transcript row."""
+    """The `app.chat.messages.Message` behind a transcript row."""
     return index.data(MessageRole.MESSAGE)
 
 
@@ -230,7 +230,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         if role == "user":
             doc.setPlainText(text)
         else:
-            from app.markdown_render import renderer_for
+            from app.transcript.markdown_render import renderer_for
 
             renderer = renderer_for(self.colors)
             rendered = renderer.render(text)

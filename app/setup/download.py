@@ -1,6 +1,6 @@
 """Downloads a model from the Hugging Face Hub into the standard Hugging Face cache, resumably.
 
-The transfer runs in a child process, `python -m app.model_download`, so the GUI thread never
+The transfer runs in a child process, `python -m app.setup.download`, so the GUI thread never
 waits on the network and a stuck connection can always be stopped. The child prints one JSON
 event per line on stdout (`stage`, `plan`, `progress`, `done`, `paused`, `cancelled`, `error`) and
 reads `pause` or `cancel` on stdin; end of stdin means the GUI has gone, which counts as pause.
@@ -678,8 +678,8 @@ def _print_event(event: dict[str, Any]) -> None:
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """`python -m app.model_download --repo ID`: the download process the GUI supervises."""
-    parser = argparse.ArgumentParser(prog="python -m app.model_download")
+    """`python -m app.setup.download --repo ID`: the download process the GUI supervises."""
+    parser = argparse.ArgumentParser(prog="python -m app.setup.download")
     parser.add_argument("--repo", default=REAL_MODEL_ID)
     parser.add_argument("--revision", default="main")
     parser.add_argument("--cache-dir", default=None)
@@ -834,7 +834,7 @@ class ModelDownload(QObject):
         self._buffer = b""
         self._stderr_tail.clear()
         process = QProcess(self)
-        args = ["-m", "app.model_download", "--repo", self.repo_id, "--revision", self.revision]
+        args = ["-m", "app.setup.download", "--repo", self.repo_id, "--revision", self.revision]
         if self.cache_dir:
             args += ["--cache-dir", self.cache_dir]
         process.setProgram(sys.executable)

@@ -34,9 +34,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app import hardware_fallback
-from app.model_download import REAL_MODEL_ID, DownloadProgress, ModelDownload, format_bytes, hub_cache_dir
-from app.model_folder import FolderCheck, check_model_folder
+from app.setup import hardware_fallback
+from app.setup.download import REAL_MODEL_ID, DownloadProgress, ModelDownload, format_bytes, hub_cache_dir
+from app.setup.model_folder import FolderCheck, check_model_folder
 
 log = logging.getLogger("canvas_chat.model_setup")
 
@@ -490,7 +490,7 @@ def settings_model_for(kind: str, model: str) -> str | None:
 def open_model_setup(window: Any) -> ModelSetupDialog:
     """Opens (or brings back) the setup screen for the main window and applies the choice.
 
-    `app.main_window.MainWindow.open_model_setup` calls this when it exists.
+    `app.window.main_window.MainWindow.open_model_setup` calls this when it exists.
     """
     dialog = getattr(window, "_model_setup_window", None)
     if not isinstance(dialog, ModelSetupDialog):

@@ -97,7 +97,7 @@ def _chat_messages(messages: Iterable[Any]) -> list[ChatMessage]:
             result.append(message)
         elif isinstance(message, tuple):
             result.append(ChatMessage(role=message[0], content=message[1]))
-        else:  # app.chat.Message or anything with role/content
+        else:  # app.chat.messages.Message or anything with role/content
             result.append(ChatMessage(role=message.role, content=message.content))
     return result
 
