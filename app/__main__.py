@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def setup_logging() -> None:
-    from app import paths
+    from engine import paths
 
     root = logging.getLogger()
     if root.handlers:

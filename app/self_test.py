@@ -128,7 +128,8 @@ def run_self_test(args, started_at: float) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.worker.engine_client import EngineClient
-    from app.window.main_window import MainWindow, default_model
+    from app.setup.model_choice import default_model
+    from app.window.main_window import MainWindow
     from app.settings import load_settings
     from app.chat.store import ChatStore, StoreError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
-from app import paths
+from engine import paths
 from engine.protocol import GenerationSettings
 
 log = logging.getLogger("canvas_chat.settings")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def report_rtx_4090() -> dict:
-    from app.setup import hardware_fallback as hw
+    from engine import hardware as hw
 
     gpu = {
         "index": 0,
@@ -39,7 +39,7 @@ def report_rtx_4090() -> dict:
 
 
 def report_no_gpu() -> dict:
-    from app.setup import hardware_fallback as hw
+    from engine import hardware as hw
 
     return _report(hw, None, ram=16 * GIB, disk=120 * GIB)
 

@@ -153,7 +153,7 @@ def test_edited_history_is_reencoded_not_served_from_a_stale_cache(worker):
         ("no_config", "model_broken", "no config.json"),
         ("bad_config", "model_broken", "cannot be read"),
         ("missing_shard", "model_broken", "no weights"),
-        ("corrupt_weights", "model_broken", "cannot be loaded"),
+        ("corrupt_weights", "model_broken", "not a safetensors file"),
         ("no_tokenizer", "tokenizer_missing", "no tokenizer"),
         ("wrong_type", "wrong_model_type", "DiffusionGemma"),
         ("hub_id_not_downloaded", "model_not_downloaded", "not been downloaded"),

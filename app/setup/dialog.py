@@ -34,13 +34,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.setup import hardware_fallback
-from app.setup.download import REAL_MODEL_ID, DownloadProgress, ModelDownload, format_bytes, hub_cache_dir
-from app.setup.model_folder import FolderCheck, check_model_folder
+from app.setup.download import DownloadProgress, ModelDownload, format_bytes
+from app.setup.model_choice import probe_hardware
+from engine.hub import REAL_MODEL_ID, REAL_MODEL_NAME, hub_cache_dir, repo_storage_dir
+from engine.model_folder import FolderCheck, check_model_folder
 
 log = logging.getLogger("canvas_chat.model_setup")
 
-REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 PROGRESS_STEPS = 1000
 
@@ -111,7 +111,7 @@ class ModelSetupDialog(QDialog):
         if report is not None:
             self.set_hardware_report(report)
         else:
-            self._start_probe(probe or hardware_fallback.probe)
+            self._start_probe(probe or probe_hardware)
         self._refresh_download_buttons()
 
     # ------------------------------------------------------------------ layout
@@ -403,7 +403,7 @@ class ModelSetupDialog(QDialog):
         self.use_download_button.setEnabled(downloaded and not running)
 
     def _has_partial_download(self) -> bool:
-        blobs = hub_cache_dir() / ("models--" + REAL_MODEL_ID.replace("/", "--")) / "blobs"
+        blobs = repo_storage_dir(REAL_MODEL_ID) / "blobs"
         try:
             return any(blobs.glob("*.incomplete"))
         except OSError:

@@ -36,9 +36,11 @@ from typing import Any
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
+from engine.hub import REAL_MODEL_ID, hub_cache_dir, repo_storage_dir
+from engine.machine import existing_folder
+
 log = logging.getLogger("canvas_chat.download")
 
-REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
 HASH_BLOCK_BYTES = 8 << 20
 PROGRESS_INTERVAL_S = 0.1
 RATE_WINDOW_S = 5.0
@@ -100,7 +102,7 @@ class DownloadPlan:
 
     @property
     def storage(self) -> Path:
-        return self.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
+        return repo_storage_dir(self.repo_id, self.cache_dir)
 
     @property
     def snapshot(self) -> Path:
@@ -137,18 +139,6 @@ class DownloadPlan:
 
     def present_bytes(self) -> int:
         return sum(r.size if self.is_complete(r) else self.partial_bytes(r) for r in self.files)
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
-    environment now (its constants are fixed when it is first imported)."""
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def fetch_plan(repo_id: str, revision: str = "main", *, token: str | None = None, cache_dir: Path | None = None) -> DownloadPlan:
@@ -223,10 +213,7 @@ def free_disk_bytes(path: Path) -> int:
     override = os.environ.get(TEST_DISK_FREE_ENV)
     if override:
         return int(override)
-    folder = Path(path).absolute()
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return shutil.disk_usage(existing_folder(path)).free
 
 
 def check_disk(plan: DownloadPlan) -> tuple[int, int]:
@@ -553,7 +540,7 @@ class SnapshotDownload:
 
 
 def verified_record_path() -> Path:
-    from app import paths
+    from engine import paths
 
     return paths.data_dir() / "verified-downloads.json"
 

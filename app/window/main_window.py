@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.setup.model_choice import ModelChoice, choose_model
 from app.window.composer import Composer
 from app.chat.controller import ConversationController
 from app.worker.engine_client import EngineClient, EngineState
@@ -65,55 +66,6 @@ STATE_DOT = {
     EngineState.CRASHED: "#d0363d",
     EngineState.RESTARTING: "#d29b22",
 }
-
-
-def demo_model_path() -> Path | None:
-    """The built-in demo model folder, if this install has one."""
-    try:
-        import importlib.resources
-
-        folder = importlib.resources.files("resources") / "demo-model"
-    except (ModuleNotFoundError, TypeError):
-        return None
-    path = Path(str(folder))
-    return path if (path / "config.json").is_file() else None
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which model the app starts with when the user has not picked one, and why."""
-
-    model: str | None
-    reason: str
-    is_demo: bool
-
-
-def choose_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> ModelChoice:
-    """The settings' model; else the real model where this PC can run it and it is downloaded;
-    else the built-in demo model on the CPU, with the reason in plain words."""
-    if settings.model:
-        return ModelChoice(settings.model, "chosen in Model setup", False)
-    from app.setup import hardware_fallback
-
-    report = (probe or hardware_fallback.probe)()
-    real = hardware_fallback.recommended_model(report)
-    if real is not None:
-        return ModelChoice(real, "your GPU can run it and it is downloaded", False)
-    verdict = report.get("verdict") or {}
-    if verdict.get("code") in ("ok", "ok_shorter_context"):
-        reason = (
-            f"{hardware_fallback.REAL_MODEL_NAME} is not downloaded yet: "
-            "open Model \u25b8 Model setup\u2026 to get it."
-        )
-    else:
-        reason = verdict.get("summary") or "no usable NVIDIA GPU was found."
-    demo = demo_model_path()
-    return ModelChoice(str(demo) if demo is not None else None, reason, True)
-
-
-def default_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> str | None:
-    """The model to start with: see choose_model."""
-    return choose_model(settings, probe).model
 
 
 class EngineStatus(QWidget):

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from app import paths
+from engine import paths
 from app.chat.messages import Message
 from app.chat.store import MIGRATIONS, SCHEMA_VERSION, ChatStore, StoreError, StoreWriteError
 

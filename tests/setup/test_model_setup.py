@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-from app.setup import hardware_fallback as hw
+from engine import hardware as hw
 from app.setup.download import TEST_DISK_FREE_ENV, TEST_RETRY_WAIT_ENV, ModelDownload
 from app.setup.dialog import ModelSetupDialog, open_model_setup
 from app.settings import Settings
@@ -91,7 +91,7 @@ def test_the_hardware_check_runs_off_the_gui_thread(qtbot, no_nvidia_smi):
 
     def probe():
         threads.append(threading.current_thread())
-        return hw.probe()
+        return hw.probe(use_torch=False)
 
     dialog = ModelSetupDialog(probe=probe)
     qtbot.addWidget(dialog)
