@@ -11,12 +11,12 @@ import psutil
 import pytest
 
 from app.worker.engine_client import EngineClient, EngineState
-from engine.protocol import GenerationSettings
+from engine.protocol import ChatMessage, GenerationSettings
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY, start_and_load
 
 SETTINGS = GenerationSettings(max_new_tokens=128, max_denoising_steps=8, seed=1)
-HISTORY = [("user", "Say something about diffusion.")]
+HISTORY = [ChatMessage("user", "Say something about diffusion.")]
 
 
 class EventLog:
