@@ -76,7 +76,7 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from app.setup.download import DownloadProgress
+    from app.setup.download_events import DownloadPlanned, DownloadProgress
     from app.setup.dialog import ModelSetupDialog
     from app.theme import LIGHT, apply_theme
 
@@ -115,7 +115,7 @@ def main() -> int:
     download.state = "running"
     download.state_changed.emit("running")
     total = 51_950_000_000
-    download.planned.emit({"total_bytes": total, "present_bytes": 0, "files": 14})
+    download.planned.emit(DownloadPlanned("google/diffusiongemma-26B-A4B-it", "0" * 40, 14, total, 0, total, 400 * GIB, 0))
     download.progressed.emit(
         DownloadProgress("downloading", "model-00004-of-00012.safetensors", 17_320_000_000, total, 41.6 * 1024**2, 794.0)
     )

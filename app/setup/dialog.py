@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.setup.download import DownloadProgress, ModelDownload, format_bytes
+from app.setup.download import ModelDownload
+from app.setup.download_events import DownloadPlanned, DownloadProgress, format_bytes
 from app.setup.model_choice import probe_hardware
 from engine.hub import REAL_MODEL_ID, REAL_MODEL_NAME, hub_cache_dir, repo_storage_dir
 from engine.model_folder import FolderCheck, check_model_folder
@@ -346,9 +347,8 @@ class ModelSetupDialog(QDialog):
         if stage in ("verifying", "finalizing") or message.startswith("Connection lost"):
             self._status(message + "\u2026")
 
-    def _on_download_planned(self, plan: dict[str, Any]) -> None:
-        total = int(plan.get("total_bytes", 0))
-        present = int(plan.get("present_bytes", 0))
+    def _on_download_planned(self, plan: DownloadPlanned) -> None:
+        total, present = plan.total_bytes, plan.present_bytes
         self._show_progress(present, total)
         if present:
             self._status(f"Continuing: {format_bytes(present)} of {format_bytes(total)} are already on this PC.")

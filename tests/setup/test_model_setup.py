@@ -11,7 +11,9 @@ import pytest
 from PySide6.QtWidgets import QFileDialog, QWidget
 
 from engine import hardware as hw
-from app.setup.download import TEST_DISK_FREE_ENV, TEST_RETRY_WAIT_ENV, ModelDownload
+from app.setup.download import ModelDownload
+from app.setup.download_child import TEST_RETRY_WAIT_ENV
+from app.setup.download_plan import TEST_DISK_FREE_ENV
 from app.setup.dialog import ModelSetupDialog, open_model_setup
 from app.settings import Settings
 from tests.conftest import timeout_ms
