@@ -115,7 +115,7 @@ def main() -> int:
     for _ in range(50):
         row.layout_key = ()
         start = time.perf_counter()
-        view.canvas_layout(row, width, time.monotonic())
+        view.delegate.canvas_layout(row, width, time.monotonic())
         layout_ms.append((time.perf_counter() - start) * 1000)
 
     # 2. Event-loop lateness while drafts arrive at 60/s and tokens fade in.

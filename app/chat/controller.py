@@ -346,8 +346,13 @@ class ConversationController(QObject):
         self._update(message, status=status)
 
     def _update(self, message: Message, persist: bool = True, **values: Any) -> None:
-        """Changes a message in memory (and in the transcript if shown), then in the store."""
-        values["updated"] = time.time()
+        """Changes a message in memory (and in the transcript if shown), then in the store.
+
+        A change that is not persisted (a draft) leaves `updated` alone, so the transcript model
+        reports it as a change of that one role (MessageRole.DRAFT) and the view only repaints.
+        """
+        if persist:
+            values["updated"] = time.time()
         if self.transcript.get(message.id) is message:
             self.transcript.update(message.id, **values)
         else:

@@ -120,6 +120,7 @@ _MESSAGE_FIELD_ROLES: dict[str, list[int]] = {
     "draft": [MessageRole.DRAFT],
     "error": [MessageRole.ERROR],
     "replay": [MessageRole.HAS_REPLAY],
+    "updated": [],  # the time of the last stored change: no role shows it
 }
 
 

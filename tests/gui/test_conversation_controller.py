@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from app.chat.messages import DEFAULT_TITLE
+from app.chat.qt_models import MessageRole, TranscriptListModel
 from app.chat.controller import ConversationController, title_from
 from app.worker.engine_client import EngineClient, EngineState
 from app.chat.replay import decode_frames
@@ -62,7 +63,16 @@ def test_send_streams_drafts_and_persists_the_reply(controller, qtbot):
     controller.transcript.changed.connect(
         lambda index, message, names: drafts_seen.append(message.draft) if "draft" in names and message.draft else None
     )
+    # The view repaints a draft without re-laying the list out only when it arrives as a change
+    # of the DRAFT role alone.
+    model = TranscriptListModel(controller.transcript)
+    draft_changes = []
+    model.dataChanged.connect(
+        lambda top, bottom, roles: draft_changes.append(list(roles)) if top.data(MessageRole.DRAFT) else None
+    )
     message_id, status = _send_and_wait(qtbot, controller, "Hello there\nsecond line")
+    model.detach()
+    assert draft_changes and all(roles == [int(MessageRole.DRAFT)] for roles in draft_changes), draft_changes[:3]
     assert status == "finished"
     reply = controller.transcript.get(message_id)
     assert reply.content == REPLY and reply.draft is None

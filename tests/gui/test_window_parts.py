@@ -20,7 +20,7 @@ from app.settings import PRESETS, Settings
 from app.window.settings_dialog import SettingsDialog
 from app.chat.store import ChatStore
 from app.theme import DARK, LIGHT, resolve_theme
-from app.transcript.view import stats_line
+from app.transcript.delegate import stats_line
 from tests.conftest import PYTHON, python_env
 from tests.gui.window_helpers import ignore_offscreen_limits
 

@@ -46,7 +46,7 @@ class CanvasRecorder:
         if snapshot is None or snapshot.canvas_index < 0:
             return
         row = view.animated_row(snapshot.message_id)
-        layout = view.canvas_layout(row, view.delegate.content_width("assistant", view.viewport().width()), 0.0)
+        layout = view.delegate.canvas_layout(row, view.delegate.content_width("assistant", view.viewport().width()), 0.0)
         frame = DrawnCanvas(
             canvas_index=snapshot.canvas_index,
             step_index=snapshot.step_index,
