@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated user folders, a tiny model, and guards against leaked processes."""
+"""Shared fixtures: isolated user folders, a tiny model, and guards against leaked processes and
+unexpected log records (tests/logfail.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.logfail import fail_on_unexpected_logs  # noqa: F401  (autouse: every folder's tests)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Keep every test away from a hub and from the real user's caches.
