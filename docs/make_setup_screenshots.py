@@ -77,6 +77,7 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.setup.download_events import DownloadPlanned, DownloadProgress
+    from engine.hub import REAL_MODEL_ID
     from app.setup.dialog import ModelSetupDialog
     from app.theme import LIGHT, apply_theme
 
@@ -115,7 +116,7 @@ def main() -> int:
     download.state = "running"
     download.state_changed.emit("running")
     total = 51_950_000_000
-    download.planned.emit(DownloadPlanned("google/diffusiongemma-26B-A4B-it", "0" * 40, 14, total, 0, total, 400 * GIB, 0))
+    download.planned.emit(DownloadPlanned(REAL_MODEL_ID, "0" * 40, 14, total, 0, total, 400 * GIB, 0))
     download.progressed.emit(
         DownloadProgress("downloading", "model-00004-of-00012.safetensors", 17_320_000_000, total, 41.6 * 1024**2, 794.0)
     )

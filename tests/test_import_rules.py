@@ -163,3 +163,14 @@ def test_the_engine_never_runs_code_from_a_model_folder():
     for path in python_files("engine"):
         source = path.read_text(encoding="utf-8")
         assert "trust_remote_code=True" not in source, f"{path.name} trusts remote code"
+
+
+def test_the_download_child_runs_without_qt():
+    # `python -m app.setup.download_child` is a plain program: Qt stays in its supervisor.
+    script = (
+        "import sys, app.setup.download_child\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(QT_LIBRARIES | MODEL_LIBRARIES)!r})))\n"
+    )
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=python_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"the download child pulled in: {result.stdout.strip()}"

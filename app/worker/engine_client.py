@@ -258,7 +258,7 @@ class EngineClient(QObject):
         self._restart_attempts = 0
         if self._process is not None:
             self._stop_process(wait_ms=0)
-            self._restart_pending = True  # relaunched from _on_process_finished
+            self._restart_pending = True  # relaunched from _on_process_exited
             self._update_state()
         else:
             self._launch(restarting=True)

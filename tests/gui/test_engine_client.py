@@ -293,3 +293,16 @@ def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog):
     assert (error.args[0].code, error.args[0].recoverable) == ("protocol_mismatch", False)
     assert client.state == EngineState.STOPPED and client.engine_version == ""
     client.deleteLater()
+
+
+def test_a_state_move_outside_the_transitions_is_logged_as_a_bug(caplog):
+    from app.worker.engine_state import TRANSITIONS, next_state
+
+    facts = dict(running=True, crashed=False, stopping=False, restart_pending=False, loading=False, generating=False)
+    assert next_state(EngineState.STARTING, handshaken=True, **facts) == EngineState.READY
+    assert not caplog.records
+    # A worker that is ready without ever having been started is not a move the client makes.
+    assert EngineState.READY not in TRANSITIONS[EngineState.STOPPED]
+    with caplog.at_level(logging.ERROR, logger="canvas_chat.engine_client"):
+        assert next_state(EngineState.STOPPED, handshaken=True, **facts) == EngineState.READY
+    assert [r.getMessage() for r in caplog.records] == ["engine state moved stopped -> ready, which is not in TRANSITIONS"]
