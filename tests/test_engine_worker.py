@@ -235,6 +235,7 @@ def test_bad_settings_give_a_clear_error_and_the_worker_keeps_serving(worker, se
         '{"type": "generate", "request_id": "x4", "messages": [], "settings": {"seed": "seven"}}',
     ],
 )
+@pytest.mark.worker_log_expected("dropped a malformed request")
 def test_malformed_line_gets_an_error_event_and_the_worker_keeps_serving(worker, line):
     worker.send_line(line)
     error = worker.next_event()
@@ -265,6 +266,7 @@ def test_generate_without_a_model_says_so():
     assert process.close() == 0
 
 
+@pytest.mark.worker_log_expected(r"request \w+ failed")
 def test_out_of_memory_is_a_recoverable_error(tiny_model_dir):
     process = WorkerProcess(CANVAS_CHAT_TEST_FAULT="oom_on_generate")
     process.hello()
