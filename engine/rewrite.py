@@ -2,9 +2,11 @@
 
 transformers' own `generate()` runs the denoising loop, one canvas at a time, with three hooks:
 the starting canvas (`decoder_input_ids`: the reply's tokens with the span replaced by uniform
-noise, as DiffusionGemma's own noise is), a logits processor that pins every held position to
-its token (so the argmax canvas, which `generate()` commits, keeps it bit for bit), and a
-sampler that always accepts the held positions and never re-noises them.
+noise, as DiffusionGemma's own noise is); a logits processor that pins every held position to
+its token, so the argmax canvas (what `generate()` commits), the sampled canvas and the
+self-conditioning all keep it bit for bit — a pinned position has zero entropy, so the stock
+entropy-bound sampler always accepts it and never re-noises it; and a stopping rule judged on
+the free positions only.
 
 - Canvases. The reply was generated canvas by canvas (`config.canvas_length` tokens each, from
   the first reply token). A canvas that holds part of the span is re-denoised with the prompt and
@@ -38,7 +40,6 @@ from engine import test_switches
 from engine.errors import EngineError, GenerationCancelled
 from engine.generation import (
     ENTROPY_BUCKET_EDGES,
-    ProbingSampler,
     attach_probe,
     check_context_length,
     check_settings,
@@ -149,18 +150,6 @@ class HeldPositionsProcessor:
         return scores
 
 
-class HeldPositionsSampler(ProbingSampler):
-    """The probing sampler, with the held positions always accepted and never re-noised."""
-
-    held: torch.Tensor
-    held_canvas: torch.Tensor
-
-    def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
-        accepted = super().accept_canvas(current_canvas, denoiser_canvas, logits, cur_step)
-        self.accepted_token_mask = self.accepted_token_mask | self.held[None, :]
-        return torch.where(self.held[None, :], self.held_canvas, accepted)
-
-
 class FreePositionsStopping(StableAndConfidentStoppingCriteria):
     """transformers' stable-and-confident stop, judged on the free positions only.
 
@@ -224,26 +213,15 @@ class _SpanStreamer(BaseStreamer):
 
 
 class _HeldGeneration:
-    """Points `model.generate()` at the held-positions sampler and stopping for one canvas."""
+    """Points `model.generate()` at the free-positions stopping rule for one canvas."""
 
-    def __init__(self, model, held: torch.Tensor, held_canvas: torch.Tensor):
+    def __init__(self, model, held: torch.Tensor):
         self.model = model
         self.held = held
-        self.held_canvas = held_canvas
 
     def __enter__(self):
-        held, held_canvas = self.held, self.held_canvas
-
-        def prepare_sampler(model, generation_config):
-            sampler = HeldPositionsSampler(
-                config=generation_config.sampler_config,
-                canvas_length=model.config.canvas_length,
-                vocab_size=model.config.text_config.vocab_size,
-                max_denoising_steps=generation_config.max_denoising_steps,
-            )
-            sampler.held, sampler.held_canvas = held, held_canvas
-            model._canvas_chat_sampler = sampler
-            return sampler
+        held = self.held
+        attach_probe(self.model)  # the probing sampler: drafts report its entropy and accepted mask
 
         def prepare_stopping(model, generation_config):
             if generation_config.stability_threshold is None or generation_config.confidence_threshold is None:
@@ -252,12 +230,10 @@ class _HeldGeneration:
                 generation_config.stability_threshold, generation_config.confidence_threshold, ~held
             )
 
-        self.model._prepare_sampler = types.MethodType(prepare_sampler, self.model)
         self.model._prepare_diffusion_stopping_criteria = types.MethodType(prepare_stopping, self.model)
         return self
 
     def __exit__(self, *exc_info):
-        attach_probe(self.model)  # back to the probe that plain generation uses
         self.model.__dict__.pop("_prepare_diffusion_stopping_criteria", None)
 
 
@@ -330,7 +306,7 @@ def rewrite_span(
             streamer = _SpanStreamer(model, part, max_steps, on_draft, should_stop)
             context = torch.tensor([prompt_ids + new_ids[: part.canvas_start]], dtype=torch.long, device=device)
             processor = HeldPositionsProcessor(canvas, held, span, banned)
-            with _HeldGeneration(model, held, canvas):
+            with _HeldGeneration(model, held):
                 try:
                     output = model.generate(
                         context,
@@ -344,8 +320,15 @@ def rewrite_span(
                     forwards += streamer.step_index
                     if first_draft_at is None:
                         first_draft_at = streamer.first_draft_at
-            final_canvas = output.sequences[0, context.shape[1] :].tolist()
-            new_ids[part.start : part.end] = final_canvas[lo:hi]
+            # The canvas as the loop committed it, held positions included: they are kept by
+            # the loop itself, and checked here, not pasted back from the request.
+            denoised = output.sequences[0, context.shape[1] : context.shape[1] + len(known)].tolist()
+            held_known = held[: len(known)].tolist()
+            if [t for t, h in zip(denoised, held_known) if h] != [t for t, h in zip(known, held_known) if h]:
+                raise EngineError(
+                    "internal", "The rewrite changed text outside the selection, so it was discarded. Nothing changed."
+                )
+            new_ids[part.canvas_start : reply_end] = denoised
         finish_reason = "rewritten"
     except GenerationCancelled:
         new_ids, finish_reason = list(reply_ids), "cancelled"

@@ -34,10 +34,10 @@ def reply_ids(tiny):
     return ids
 
 
-def rewrite(tiny, reply_ids, start, end, seed=3, **options):
+def rewrite(tiny, reply_ids, start, end, seed=3, on_draft_probe=None, **options):
     from engine.rewrite import rewrite_span
 
-    drafts = []
+    drafts = on_draft_probe if on_draft_probe is not None else []
     result = rewrite_span(
         tiny.model, tiny.tokenizer, MESSAGES, reply_ids, start, end, p.GenerationSettings(seed=seed),
         on_draft=drafts.append, **options,
@@ -126,10 +126,61 @@ def test_the_instruction_reaches_the_model_as_a_system_note(tiny, reply_ids):
     assert steered.token_ids[3:9] != plain.token_ids[3:9], "the same seed gave the same span: the note was not seen"
 
 
-def test_cancel_returns_the_reply_unchanged(tiny, reply_ids):
-    result, drafts = rewrite(tiny, reply_ids, 3, 9, should_stop=lambda: True)
+def test_cancel_returns_the_reply_unchanged_even_after_a_finished_canvas(tiny, reply_ids):
+    seen = []
+    result, drafts = rewrite(tiny, reply_ids, 12, 20, should_stop=lambda: bool(seen) and seen[-1].canvas_index == 1,
+                             on_draft_probe=seen)
     assert result.finish_reason == "cancelled"
-    assert result.token_ids == reply_ids and len(drafts) == 1
+    assert {d.canvas_index for d in drafts} == {0, 1}  # the first canvas was done when the cancel came
+    assert result.token_ids == reply_ids
+
+
+def test_held_positions_are_pinned_and_the_span_cannot_take_special_tokens():
+    import torch
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        EntropyBoundSampler,
+        EntropyBoundSamplerConfig,
+        LinearTemperatureScheduleLogitsProcessor,
+    )
+
+    from engine.rewrite import HeldPositionsProcessor
+
+    torch.manual_seed(0)
+    canvas = torch.tensor([[40, 41, 42, 0, 0, 45]])
+    held = torch.tensor([True, False, True, False, False, False])
+    span = torch.tensor([False, True, False, True, True, False])
+    scores = torch.randn(1, 6, 50)
+    scores[..., 1] = 100.0  # every position wants the end of turn
+    processed = HeldPositionsProcessor(canvas, held, span, banned_ids=[0, 1])(None, scores, cur_step=3)
+    processed = LinearTemperatureScheduleLogitsProcessor(0.4, 0.8, 8)(None, processed, cur_step=3)
+    argmax = processed.argmax(-1)[0]
+    assert argmax[held].tolist() == [40, 42]
+    assert not set(argmax[span].tolist()) & {0, 1}
+    assert argmax[~held & ~span].tolist() == [1]  # free positions after the reply are left alone
+    # Pinned means certain: the stock sampler accepts every held position with its token.
+    sampler = EntropyBoundSampler(EntropyBoundSamplerConfig(entropy_bound=0.01), 6, 50, 8)
+    sampled = torch.multinomial(torch.softmax(processed[0], -1), 1).T
+    accepted = sampler.accept_canvas(torch.full((1, 6), 7), sampled, processed, 3)
+    assert sampler.accepted_token_mask[0, held].all() and accepted[0, held].tolist() == [40, 42]
+
+
+def test_the_loop_stops_on_the_spans_confidence_not_the_held_tokens():
+    import torch
+
+    from engine.rewrite import FreePositionsStopping
+
+    free = torch.tensor([False] * 14 + [True, True])
+    logits = torch.full((1, 16, 50), -30.0)
+    logits[0, :, 3] = 30.0  # every position is certain...
+    logits[0, 14:] = 0.0  # ...but the two free ones are uniform noise
+    argmax = logits.argmax(-1)
+    stock_mean = torch.distributions.Categorical(logits=logits).entropy().mean()
+    assert stock_mean < 0.5, "the canvas-wide mean hides the uncertain span"
+    stopping = FreePositionsStopping(1, 0.5, free)
+    assert not stopping(argmax, logits).item() and not stopping(argmax, logits).item()
+    logits[0, 14:, 3] = 60.0
+    stopping(argmax, logits)
+    assert stopping(argmax, logits).item()
 
 
 def test_character_spans_widen_to_whole_tokens_and_ranges_map_back(tiny):
@@ -189,6 +240,8 @@ def test_rewrite_through_the_worker_streams_span_drafts_and_cancel_stops_it(tiny
 
     bad = process.request(p.RewriteSpan(new_id(), [user("Hi")], reply_ids, 4, 4), (p.SpanRewritten, p.Error))[-1]
     assert isinstance(bad, p.Error) and bad.code == "bad_span" and bad.recoverable and "empty" in bad.message
+    chat = process.request(p.Generate(new_id(), [user("And now?")], settings=p.GenerationSettings(seed=2)))[-1]
+    assert isinstance(chat, p.Done) and chat.finish_reason in ("eos", "length")
     assert process.close() == 0
 
 
