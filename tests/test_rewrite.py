@@ -290,3 +290,39 @@ def test_cli_missing_model_is_a_plain_error(tmp_path):
     result = run_rewrite_cli("--model", str(tmp_path / "nowhere"), "--text", "Hello", "--span", "0:2")
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_span_drafts_coalesce_latest_wins_and_the_result_is_never_dropped():
+    import threading
+
+    from engine.worker import EventChannel
+
+    class StalledStream:
+        """Blocks the writer on its first line, so later events queue up behind it."""
+
+        def __init__(self):
+            self.lines, self.entered, self.release = [], threading.Event(), threading.Event()
+
+        def write(self, text):
+            self.entered.set()
+            self.release.wait(30)
+            self.lines.append(text)
+
+        def flush(self):
+            pass
+
+    stream = StalledStream()
+    channel = EventChannel(stream)
+    stats = p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0)
+    channel.send(p.Ready("h", p.PROTOCOL_VERSION, "0", 1))
+    assert stream.entered.wait(30)
+    for step in range(3):
+        channel.send(p.SpanDraft("r", 0, step, 8, 3, 5, "x", ["x", ""], [True, False], [0, 3]))
+    channel.send(p.SpanDraft("r", 1, 0, 8, 16, 18, "y", ["y", ""], [True, False], [0, 3]))  # next canvas: kept
+    channel.send(p.SpanRewritten("r", "rewritten", "xy", [1, 2], 3, 5, [0, 1], [[1, 2]], stats))
+    stream.release.set()
+    channel.close()
+    events = [p.decode(line) for line in stream.lines]
+    drafts = [(e.canvas_index, e.step_index) for e in events if isinstance(e, p.SpanDraft)]
+    assert drafts == [(0, 2), (1, 0)]
+    assert isinstance(events[-1], p.SpanRewritten)
