@@ -115,7 +115,9 @@ def parse_span(value: str) -> tuple[int, int]:
             raise ValueError
         return int(start), int(end)
     except ValueError:
-        raise EngineError("bad_span", f"--span must be START:END in characters, such as 4:17 (got {value!r}).") from None
+        raise EngineError(
+            "bad_span", f"--span must be START:END in characters, such as 4:17 (got {value!r})."
+        ) from None
 
 
 def rewrite_once(loaded, text: str, char_span: tuple[int, int], settings: GenerationSettings, *,
@@ -169,7 +171,8 @@ def rewrite_main(argv: list[str]) -> int:
         if not 0 <= char_span[0] < char_span[1] <= len(args.text):
             raise EngineError(
                 "bad_span",
-                f"The span {args.span} is outside the text, which has {len(args.text)} characters (0:{len(args.text)}).",
+                f"The span {args.span} is outside the text, which has {len(args.text)} characters "
+                f"(0:{len(args.text)}).",
             )
         from engine.loading import load_model
 

@@ -288,7 +288,17 @@ class Unloaded:
 
 Request = Union[Hello, LoadModel, Generate, RewriteSpan, Cancel, Unload, Shutdown, ProbeHardware]
 Event = Union[
-    Ready, LoadProgress, ModelLoaded, Draft, CanvasCommitted, Done, SpanDraft, SpanRewritten, Error, HardwareReport, Unloaded
+    Ready,
+    LoadProgress,
+    ModelLoaded,
+    Draft,
+    CanvasCommitted,
+    Done,
+    SpanDraft,
+    SpanRewritten,
+    Error,
+    HardwareReport,
+    Unloaded,
 ]
 
 REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}

@@ -187,7 +187,8 @@ class _SpanStreamer(BaseStreamer):
         lo, hi = self.part.start - self.part.canvas_start, self.part.end - self.part.canvas_start
         sampler = self.model._canvas_chat_sampler
         entropy = sampler.last_token_entropy[0, lo:hi]
-        buckets = torch.bucketize(entropy, torch.tensor(ENTROPY_BUCKET_EDGES, dtype=entropy.dtype, device=entropy.device))
+        edges = torch.tensor(ENTROPY_BUCKET_EDGES, dtype=entropy.dtype, device=entropy.device)
+        buckets = torch.bucketize(entropy, edges)
         self.on_draft(
             SpanDraftReport(
                 canvas_index=self.part.canvas_index,
@@ -365,7 +366,9 @@ def character_ranges(tokenizer, reply_ids: list[int], start: int, end: int) -> t
     return text, [char_start, char_end], kept
 
 
-def token_span_of_characters(tokenizer, token_ids: list[int], text: str, char_start: int, char_end: int) -> tuple[int, int]:
+def token_span_of_characters(
+    tokenizer, token_ids: list[int], text: str, char_start: int, char_end: int
+) -> tuple[int, int]:
     """Widens the character range [char_start, char_end) of `text` to whole tokens."""
     if char_start == char_end:
         raise EngineError("bad_span", "The span is empty: select at least one character to rewrite.")
