@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+from app.child_python import child_python
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger("canvas_chat.download")
@@ -834,10 +835,8 @@ class ModelDownload(QObject):
         self._buffer = b""
         self._stderr_tail.clear()
         process = QProcess(self)
-        args = ["-m", "app.model_download", "--repo", self.repo_id, "--revision", self.revision]
-        if self.cache_dir:
-            args += ["--cache-dir", self.cache_dir]
-        process.setProgram(sys.executable)
+        program, *args = self.command()
+        process.setProgram(program)
         process.setArguments(args)
         process.setProcessEnvironment(self._environment())
         process.readyReadStandardOutput.connect(self._on_process_stdout)
@@ -847,6 +846,13 @@ class ModelDownload(QObject):
         self._process = process
         self._set_state("running")
         process.start()
+
+    def command(self) -> list[str]:
+        """The download process's command line; no console window on Windows."""
+        command = [child_python(), "-m", "app.model_download", "--repo", self.repo_id, "--revision", self.revision]
+        if self.cache_dir:
+            command += ["--cache-dir", self.cache_dir]
+        return command
 
     def resume(self) -> None:
         self.start(self._token)
