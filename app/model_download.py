@@ -35,6 +35,7 @@ from typing import Any
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 from app.child_python import child_python
+from engine.hub_cache import hub_cache_dir
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger("canvas_chat.download")
@@ -138,18 +139,6 @@ class DownloadPlan:
 
     def present_bytes(self) -> int:
         return sum(r.size if self.is_complete(r) else self.partial_bytes(r) for r in self.files)
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
-    environment now (its constants are fixed when it is first imported)."""
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def fetch_plan(repo_id: str, revision: str = "main", *, token: str | None = None, cache_dir: Path | None = None) -> DownloadPlan:
