@@ -287,6 +287,7 @@ class Engine:
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
         plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
         pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
