@@ -54,6 +54,15 @@ def fresh_python(tmp_path_factory) -> Path:
                 f"the pinned uv wheel (uv=={uv_pin}, win_amd64) is not cached in installer/build/downloads "
                 f"and PyPI could not be reached to fetch it: {fetched.stderr.strip().splitlines()[-1:]}"
             )
+    backend = subprocess.run(
+        [python, "-m", "pip", "download", "-q", "--no-deps", "-d", str(venv / "backend"), "setuptools>=69", "wheel"],
+        capture_output=True, text=True, timeout=300,
+    )
+    if backend.returncode != 0:
+        pytest.skip(
+            "the wheel's isolated build needs setuptools>=69 and wheel from PyPI (or pip's cache), "
+            f"and neither could be reached: {backend.stderr.strip().splitlines()[-1:]}"
+        )
     return python
 
 
