@@ -15,7 +15,6 @@ import collections
 import enum
 import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
