@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import deque
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from app.setup.download_events import (
     DownloadProgress,
     StageChanged,
 )
+from app.worker.child_python import child_python
 from app.worker.line_process import LineProcess
 from engine import protocol
 from engine.hub import REAL_MODEL_ID
@@ -98,10 +98,7 @@ class ModelDownload(QObject):
         self._terminal_event = None
         self.last_error = None
         self._stderr_tail.clear()
-        command = [sys.executable, "-m", CHILD_MODULE, "--repo", self.repo_id, "--revision", self.revision]
-        if self.cache_dir:
-            command += ["--cache-dir", self.cache_dir]
-        process = LineProcess(command, environment=self._environment(), parent=self)
+        process = LineProcess(self.command(), environment=self._environment(), parent=self)
         process.line_received.connect(self._on_process_line_received)
         process.stderr_line_received.connect(self._on_process_stderr_line_received)
         process.failed_to_start.connect(self._on_process_failed_to_start)
@@ -109,6 +106,13 @@ class ModelDownload(QObject):
         self._process = process
         self._set_state("running")
         process.start()
+
+    def command(self) -> list[str]:
+        """The download process's command line; no console window on Windows."""
+        command = [child_python(), "-m", CHILD_MODULE, "--repo", self.repo_id, "--revision", self.revision]
+        if self.cache_dir:
+            command += ["--cache-dir", self.cache_dir]
+        return command
 
     def resume(self) -> None:
         self.start(self._token)

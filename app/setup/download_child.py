@@ -47,6 +47,7 @@ from app.setup.download_plan import (
 from app.setup.file_checks import FileDigest, VerifiedFiles, verified_record_path
 from engine import protocol
 from engine.hub import REAL_MODEL_ID
+from engine.hub_cache import DOWNLOAD_LOCK_NAME
 
 log = logging.getLogger("canvas_chat.download")
 
@@ -389,7 +390,7 @@ def _download_lock(plan: DownloadPlan):
     """One download of a repository at a time (two would append to the same partial files)."""
     from filelock import FileLock, Timeout
 
-    lock_path = plan.cache_dir / ".locks" / plan.storage.name / "canvas-chat-download.lock"
+    lock_path = plan.cache_dir / ".locks" / plan.storage.name / DOWNLOAD_LOCK_NAME
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path))
     try:

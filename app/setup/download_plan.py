@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.setup.download_events import DownloadErrorCode, format_bytes
 from engine.hub import hub_cache_dir, repo_storage_dir
+from engine.hub_cache import PARTIAL_SUFFIX
 from engine.machine import existing_folder
 
 # Keep some room after the download: a full disk breaks far more than this app.
@@ -66,7 +67,7 @@ class DownloadPlan:
         return self.storage / "blobs" / remote.blob
 
     def partial_path(self, remote: RemoteFile) -> Path:
-        return self.storage / "blobs" / (remote.blob + ".incomplete")
+        return self.storage / "blobs" / (remote.blob + PARTIAL_SUFFIX)
 
     def pointer_path(self, remote: RemoteFile) -> Path:
         return self.snapshot.joinpath(*remote.name.split("/"))

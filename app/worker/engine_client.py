@@ -13,7 +13,6 @@ handshake) → LOADING → READY.
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 from app.worker.cancel_watchdog import CancelWatchdog
+from app.worker.child_python import child_python
 from app.worker.draft_throttle import DRAFT_INTERVAL_MS, DraftThrottle
 from app.worker.engine_state import EngineState, next_state
 from app.worker.line_process import LineProcess
@@ -44,7 +44,13 @@ from engine.protocol import (
 
 log = logging.getLogger("canvas_chat.engine_client")
 
-DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "engine", "serve")
+
+
+def worker_command() -> list[str]:
+    """How the worker is started: `python -m engine serve`, without a console window on Windows."""
+    return [child_python(), "-m", "engine", "serve"]
+
+
 RESTART_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 HANDSHAKE_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
 # A worker that has not ended a cancelled request by then is hung (one step takes well under a
@@ -114,7 +120,7 @@ class EngineClient(QObject):
         self,
         parent: QObject | None = None,
         *,
-        command: Sequence[str] = DEFAULT_COMMAND,
+        command: Sequence[str] | None = None,
         restart_delays_s: Sequence[float] = RESTART_DELAYS_S,
         draft_interval_ms: int = DRAFT_INTERVAL_MS,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
@@ -122,7 +128,7 @@ class EngineClient(QObject):
         auto_restart: bool = True,
     ) -> None:
         super().__init__(parent)
-        self._command = list(command)
+        self._command = list(command) if command is not None else worker_command()
         self._restart_delays_s = tuple(restart_delays_s)
         self.auto_restart = auto_restart
         self._state = EngineState.STOPPED
