@@ -2,10 +2,10 @@
 
 A WARNING or worse on a `canvas_chat` logger (the GUI's and the engine's) fails the test unless
 the test expects it: `with caplog.at_level(logging.WARNING, logger="canvas_chat.store"):` — a
-record whose logger level equals its own level counts as expected. The same holds for the
-WARNING+ lines of the worker processes an engine test drives (`tests.worker_process`), unless
-the test says `@pytest.mark.worker_log_expected("regex")`. Lines a worker wrote to its stderr
-and the GUI forwarded (`worker_line`) are left to the engine tests.
+record whose logger level equals its own level counts as expected — or says
+`@pytest.mark.log_expected("regex")` for the messages it causes on purpose. The same holds for the
+WARNING+ lines of the worker processes an engine test drives (`tests.worker_process`). Lines a
+worker wrote to its stderr and the GUI forwarded (`worker_line`) are left to the engine tests.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ WORKER_PROBLEM_LINE = re.compile(r"^(WARNING|ERROR|CRITICAL) ")
 
 
 class LogRecorder(logging.Handler):
-    def __init__(self) -> None:
+    def __init__(self, expected: list[re.Pattern[str]]) -> None:
         super().__init__(logging.WARNING)
+        self.expected = expected
         self.unexpected: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -29,6 +30,8 @@ class LogRecorder(logging.Handler):
             return  # the worker's own stderr, forwarded into the GUI's log
         if logging.getLogger(record.name).level == record.levelno:
             return  # caplog.at_level(record level, logger=record.name): expected
+        if any(pattern.search(record.getMessage()) for pattern in self.expected):
+            return
         self.unexpected.append(record)
 
 
@@ -38,9 +41,9 @@ def fail_on_unexpected_logs(request):
     unless it was expected."""
     from tests.worker_process import WorkerProcess
 
-    expected = [re.compile(mark.args[0]) for mark in request.node.iter_markers("worker_log_expected")]
+    expected = [re.compile(mark.args[0]) for mark in request.node.iter_markers("log_expected")]
     seen_before = {id(worker): len(worker.stderr_lines) for worker in WorkerProcess.started}
-    recorder = LogRecorder()
+    recorder = LogRecorder(expected)
     logger = logging.getLogger(CHECKED_LOGGER)
     logger.addHandler(recorder)
     yield recorder

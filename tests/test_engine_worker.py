@@ -254,7 +254,7 @@ def test_a_settings_number_too_large_for_json_is_refused_as_bad_settings(worker)
         '{"type": "generate", "request_id": "x4", "messages": [], "settings": {"seed": "seven"}}',
     ],
 )
-@pytest.mark.worker_log_expected("dropped a malformed request")
+@pytest.mark.log_expected("dropped a malformed request")
 def test_malformed_line_gets_an_error_event_and_the_worker_keeps_serving(worker, line):
     worker.send_line(line)
     error = worker.next_event()
@@ -285,7 +285,7 @@ def test_generate_without_a_model_says_so():
     assert process.close() == 0
 
 
-@pytest.mark.worker_log_expected(r"request \w+ failed")
+@pytest.mark.log_expected(r"request \w+ failed")
 def test_out_of_memory_is_a_recoverable_error(tiny_model_dir):
     process = WorkerProcess(CANVAS_CHAT_TEST_FAULT="oom_on_generate")
     process.hello()
