@@ -235,3 +235,25 @@ def test_a_failing_kernel_falls_back_once_with_a_logged_warning(monkeypatch, cap
     assert len(warnings) == 1 and "unsupported op" in warnings[0].getMessage()
     stock = quantization.nf4_experts_forward(quantized, hidden_states, top_k_index, top_k_weights)
     assert torch.equal(first, stock) and torch.equal(second, stock)
+
+
+def test_the_gpu_bench_runs_all_three_nf4_variants_where_the_kernel_is_available(monkeypatch, capsys):
+    """bench/fused_kernel.py as on a GPU (the interpreter stands in), on the tiny architecture with
+    the timing stubbed out (the interpreter is far too slow to time): every variant runs, none falls
+    back, and the fused logits are the stock ones."""
+    import json
+
+    from bench import fused_kernel, gpu_fit
+    from tests.tiny_model import tiny_config
+
+    monkeypatch.setattr(gpu_fit, "make_config", lambda size: tiny_config(vocab_size=300))
+    monkeypatch.setattr(gpu_fit, "measure", lambda model, config, device, prompt_tokens, canvas, repeats: {
+        "decoder_ms_median": 10.0, "decoder_canvas": canvas})
+    assert fused_kernel.main(["--size", "small", "--device", "cpu", "--canvas", "16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [run["variant"] for run in report["runs"]] == ["nf4 stock", "nf4 fused experts", "nf4 fused all", "fp32"]
+    assert report["skipped"] == []
+    for run in report["runs"][1:3]:
+        assert "fell_back" not in run
+        assert run["max_rel_logit_diff_vs_stock"] < 1e-4 and run["top1_agreement_vs_stock"] == 1.0
+    assert report["runs"][0]["tokens_per_s_at_16_steps"] == 100.0
