@@ -81,11 +81,13 @@ def test_fused_experts_match_the_eager_forward_on_dequantized_weights(num_expert
     assert error < TOLERANCE[dtype], f"relative error {error:.2e}"
 
 
-def test_no_tokens_gives_zeros_without_launching():
+def test_no_tokens_gives_zeros_without_launching(monkeypatch):
     quantized, _ = _nf4_and_reference(4, 64, 64, False, torch.float32)
+    launches = []
+    monkeypatch.setattr(nf4_moe, "_launch", lambda *a, **k: launches.append(k))
     empty = torch.zeros(0, 64)
     out = quantization.nf4_fused_experts_forward(quantized, empty, torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0, 2))
-    assert out.shape == (0, 64)
+    assert out.shape == (0, 64) and launches == [] and quantization._fused_failure == {}
 
 
 @pytest.mark.parametrize("block_m", [4, 16])
@@ -249,7 +251,11 @@ def test_the_gpu_bench_runs_all_three_nf4_variants_where_the_kernel_is_available
     monkeypatch.setattr(gpu_fit, "make_config", lambda size: tiny_config(vocab_size=300))
     monkeypatch.setattr(gpu_fit, "measure", lambda model, config, device, prompt_tokens, canvas, repeats: {
         "decoder_ms_median": 10.0, "decoder_canvas": canvas})
+    launches = []
+    real_launch = nf4_moe._launch
+    monkeypatch.setattr(nf4_moe, "_launch", lambda *a, **k: launches.append(k.get("routing") is None) or real_launch(*a, **k))
     assert fused_kernel.main(["--size", "small", "--device", "cpu", "--canvas", "16", "--json"]) == 0
+    assert True in launches and False in launches  # the linears and the experts went through the kernel
     report = json.loads(capsys.readouterr().out)
     assert [run["variant"] for run in report["runs"]] == ["nf4 stock", "nf4 fused experts", "nf4 fused all", "fp32"]
     assert report["skipped"] == []
