@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the local API server messages, thinking
 
 FinishReason = Literal["eos", "length", "cancelled"]
 ENTROPY_BUCKETS = 4  # 0 = confident ... 3 = very uncertain
@@ -112,6 +112,7 @@ class Generate:
     system_prompt: str = ""
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     reuse_cache: bool = True
+    thinking: bool = False  # open the model's thought channel (Gemma 4's <|think|>)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,24 @@ class Shutdown:
 @dataclass(frozen=True)
 class ProbeHardware:
     TYPE: ClassVar[str] = "probe_hardware"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StartApiServer:
+    """Serve the loaded model over HTTP (OpenAI wire format); see docs/api.md."""
+
+    TYPE: ClassVar[str] = "start_api_server"
+    request_id: str
+    host: str = "127.0.0.1"
+    port: int = 1234
+    token: str = ""  # required for any non-loopback host
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StopApiServer:
+    TYPE: ClassVar[str] = "stop_api_server"
     request_id: str
 
 
@@ -214,6 +233,7 @@ class Done:
     text: str
     token_ids: list[int]
     stats: GenerationStats
+    reasoning: str = ""  # the thought channel, when thinking was on
 
 
 @dataclass(frozen=True)
@@ -239,8 +259,51 @@ class Unloaded:
     request_id: str
 
 
-Request = Union[Hello, LoadModel, Generate, Cancel, Unload, Shutdown, ProbeHardware]
-Event = Union[Ready, LoadProgress, ModelLoaded, Draft, CanvasCommitted, Done, Error, HardwareReport, Unloaded]
+@dataclass(frozen=True)
+class ApiServerStarted:
+    TYPE: ClassVar[str] = "api_server_started"
+    request_id: str
+    base_url: str  # e.g. http://127.0.0.1:1234/v1
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ApiServerStopped:
+    TYPE: ClassVar[str] = "api_server_stopped"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ApiRequestLogged:
+    """One finished HTTP request, for the GUI's live request log (request_id: the StartApiServer's)."""
+
+    TYPE: ClassVar[str] = "api_request_logged"
+    request_id: str
+    method: str
+    path: str
+    status: int  # HTTP status; 499 when the client hung up
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+Request = Union[Hello, LoadModel, Generate, Cancel, Unload, Shutdown, ProbeHardware, StartApiServer, StopApiServer]
+Event = Union[
+    Ready,
+    LoadProgress,
+    ModelLoaded,
+    Draft,
+    CanvasCommitted,
+    Done,
+    Error,
+    HardwareReport,
+    Unloaded,
+    ApiServerStarted,
+    ApiServerStopped,
+    ApiRequestLogged,
+]
 
 REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}
 EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Event)}
