@@ -126,8 +126,7 @@ def test_streamed_chat_sends_one_chunk_per_canvas_and_usage(harness, force):
         messages=[{"role": "user", "content": "Tell me about the fox"}],
         stream=True,
         stream_options={"include_usage": True},
-        max_tokens=256,
-    )
+    )  # no max_tokens: the server's default budget, not the checkpoint's single canvas
     pieces, finish, usage = [], None, None
     for chunk in stream:
         if chunk.choices:

@@ -20,6 +20,8 @@ from engine.errors import EngineError
 
 log = logging.getLogger("canvas_chat.engine.api")
 
+DEFAULT_MAX_TOKENS = 2048  # a reply's length when the client sends no max_tokens
+
 
 @dataclass(frozen=True)
 class ApiDelta:
@@ -123,6 +125,7 @@ def _run(engine, job: ApiJob) -> None:
             response_template(tokenizer), prefix=tokenizer.decode(full_ids), tools=request.tools
         )
 
+    settings = _with_reply_budget(engine.loaded.model, request.settings, cached_tokens + len(input_ids))
     sink = job.sink
     stream = request.stream
     stops = request.stop
@@ -196,7 +199,7 @@ def _run(engine, job: ApiJob) -> None:
             engine.loaded.model,
             tokenizer,
             input_ids,
-            request.settings,
+            settings,
             observer=Observer(),
             should_stop=lambda: cancels.is_cancelled(job.request_id),
             past_key_values=past_key_values,
@@ -241,6 +244,23 @@ def _run(engine, job: ApiJob) -> None:
             stats.tokens_per_s,
         )
     )
+
+
+def _with_reply_budget(model, settings, prompt_tokens: int):
+    """Without max_tokens a reply may run to DEFAULT_MAX_TOKENS, within the model's context.
+
+    The checkpoint's own default is a single canvas, which cuts most answers short.
+    """
+    if settings.max_new_tokens is not None:
+        return settings
+    import dataclasses
+
+    budget = DEFAULT_MAX_TOKENS
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    canvas = model.config.canvas_length
+    if limit:
+        budget = min(budget, (limit - prompt_tokens) // canvas * canvas)
+    return dataclasses.replace(settings, max_new_tokens=max(budget, canvas))
 
 
 def _cacheable(request: ApiRequest) -> bool:

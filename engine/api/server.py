@@ -7,6 +7,7 @@ the GUI's requests); the loop thread reports back through a per-request asyncio 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import json
@@ -98,7 +99,11 @@ class ApiServer:
             sock.listen(64)
         except OSError as exc:
             sock.close()
-            raise BindRefused(f"Cannot listen on {host}:{port}: {exc.strerror or exc} (is the port in use?)", "api_port_in_use") from None
+            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                raise BindRefused(
+                    f"Port {port} is already in use by another program: choose another port.", "api_port_in_use"
+                ) from None
+            raise BindRefused(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.", "api_bind_failed") from None
         self._socket = sock
         self.port = sock.getsockname()[1]
         import uvicorn
