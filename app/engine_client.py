@@ -255,6 +255,7 @@ class EngineClient(QObject):
         messages: Iterable[Any],
         system_prompt: str = "",
         settings: Any = None,
+        thinking: bool = False,
     ) -> str:
         """Queues a reply; returns its request id. Results arrive through the signals."""
         if settings is None:
@@ -269,6 +270,7 @@ class EngineClient(QObject):
             conversation_id=conversation_id,
             system_prompt=system_prompt,
             settings=generation_settings,
+            thinking=thinking,
         )
         self._generations[request.request_id] = _Generation(request)
         if self._process is None and not self._restart_pending:

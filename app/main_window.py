@@ -39,6 +39,7 @@ from app.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
 from app.settings_dialog import SettingsDialog
 from app.local_server import LocalServerDialog, attach_local_server
+from app.thought_channel import attach_thinking_toggle
 from app.sidebar import Sidebar
 from app.store import ChatStore
 from app.theme import ThemeColors, apply_theme, resolve_theme
@@ -298,6 +299,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._connect()
         self.local_server = attach_local_server(self)
+        self.thinking_toggle = attach_thinking_toggle(self)
         self.apply_settings(settings, save=False)
         self._update_empty_state()
         self._on_client_state_changed(client.state)

@@ -221,6 +221,27 @@ def test_thinking_on_returns_the_thought_channel_as_reasoning_content(harness, f
     assert on.usage.prompt_tokens > off.usage.prompt_tokens
 
 
+def test_window_generate_with_thinking_keeps_the_thought_apart_from_the_answer(harness, force):
+    force("<|channel>thought\nThe sea is blue.<channel|>Blue.")
+    for thinking in (True, False):
+        request = p.Generate(
+            f"gen-thinking-{thinking}",
+            [p.ChatMessage("user", "What colour is the sea?")],
+            settings=p.GenerationSettings(max_new_tokens=64),
+            thinking=thinking,
+        )
+        harness.requests.put(request)
+        with harness.logged:
+            assert harness.logged.wait_for(
+                lambda: any(isinstance(e, p.Done) and e.request_id == request.request_id for e in harness.events),
+                timeout=WAIT_S,
+            )
+    on, off = [next(e for e in harness.events if isinstance(e, p.Done) and e.request_id == f"gen-thinking-{t}") for t in (True, False)]
+    assert (on.text, on.reasoning) == ("Blue.", "The sea is blue.")
+    # Thinking off: the prompt's thought channel is already closed, so nothing is taken apart.
+    assert off.reasoning == "" and on.stats.prompt_tokens > off.stats.prompt_tokens
+
+
 def test_a_resent_conversation_reuses_the_kv_cache(harness, force):
     force("Paris.")
     client = harness.client()
