@@ -10,7 +10,7 @@ import sys
 SUBCOMMANDS = {
     "serve": ("engine.worker", "main", "run the worker process (JSON lines on stdin/stdout)"),
     "generate": ("engine.cli", "generate_main", "one-shot headless generation"),
-    "api": ("engine.api.headless", "api_main", "local OpenAI-compatible server (docs/api.md)"),
+    "api": ("engine.api.headless", "main", "local OpenAI-compatible server (docs/api.md)"),
     "plan": ("engine.planner", "cli_main", "will a model fit this GPU? (memory planner)"),
     "hardware": ("engine.hardware", "cli_main", "what this PC has: GPU, VRAM, RAM, disk"),
 }

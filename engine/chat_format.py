@@ -35,12 +35,22 @@ def encode_chat(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | N
     return list(encoded["input_ids"])
 
 
+def decode_for_parsing(tokenizer, ids: list[int]) -> str:
+    """Text with the format's markers (`<|channel>`, `<turn|>`...) but without pad/bos/mask filler.
+
+    The parser needs the special tokens that delimit regions; a pad the sampler left inside a
+    canvas is not text and must not reach the answer.
+    """
+    filler = {tokenizer.pad_token_id, tokenizer.bos_token_id, getattr(tokenizer, "mask_token_id", None)}
+    return tokenizer.decode([t for t in ids if t not in filler], skip_special_tokens=False)
+
+
 def parse_reply(tokenizer, prompt_ids: list[int], reply_ids: list[int]) -> dict[str, Any]:
     """The reply as a message dict: `content`, and `reasoning_content` / `tool_calls` when present."""
     from transformers.utils.chat_parsing import parse_response
 
     return parse_response(
-        tokenizer.decode(reply_ids, skip_special_tokens=False),
+        decode_for_parsing(tokenizer, reply_ids),
         response_template(tokenizer),
         prefix=tokenizer.decode(prompt_ids, skip_special_tokens=False),
     )

@@ -87,3 +87,12 @@ def api_main(argv: list[str]) -> int:
         return 0
     finally:
         engine.stop_api_server()
+
+
+def main(argv: list[str]) -> int:
+    status = api_main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # Skip interpreter teardown, as the worker does: torch's threads can delay a clean exit by seconds.
+    os._exit(status)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.api.wire import ApiRequest, new_id, openai_finish_reason
-from engine.chat_format import encode_chat, response_template
+from engine.chat_format import decode_for_parsing, encode_chat, response_template
 from engine.errors import EngineError
 
 log = logging.getLogger("canvas_chat.engine.api")
@@ -172,7 +172,10 @@ def _run(engine, job: ApiJob) -> None:
         return ApiDelta(text, "".join(reasoning), tuple(calls))
 
     def new_raw_text() -> str:
-        raw = tokenizer.decode(committed, skip_special_tokens=parser is None)
+        if parser is None:
+            raw = tokenizer.decode(committed, skip_special_tokens=True)
+        else:
+            raw = decode_for_parsing(tokenizer, committed)
         safe = raw.rstrip("\ufffd")  # a character split across canvases waits for its other bytes
         delta = safe[len(state["raw"]) :]
         state["raw"] = safe
