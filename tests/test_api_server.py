@@ -480,3 +480,42 @@ def test_headless_command_serves_the_openai_client_and_stops_on_ctrl_c(tiny_mode
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_a_window_stop_cancels_only_its_own_request(harness, force, monkeypatch):
+    force(LONG_REPLY)
+    monkeypatch.setenv(test_switches.STEP_DELAY, "0.02")
+    first_chunk = threading.Event()
+    replies: list[str] = []
+
+    def stream() -> None:
+        pieces = []
+        try:
+            for chunk in harness.client().chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Go on"}], stream=True
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                    first_chunk.set()
+        finally:
+            replies.append("".join(pieces))
+            first_chunk.set()
+
+    thread = threading.Thread(target=stream, name="api-stream-client")
+    thread.start()
+    try:
+        assert first_chunk.wait(WAIT_S)
+        window_request = p.Generate(
+            "gen-window-stopped", [p.ChatMessage("user", "Hi")], settings=p.GenerationSettings(max_new_tokens=64)
+        )
+        harness.requests.put(window_request)  # queued behind the running API request
+        harness.engine.cancels.cancel(window_request.request_id)  # the window's Stop
+    finally:
+        thread.join(WAIT_S)
+    assert replies == [LONG_REPLY]  # the API stream ran to its end
+    with harness.logged:
+        done = harness.logged.wait_for(
+            lambda: next((e for e in harness.events if isinstance(e, p.Done) and e.request_id == "gen-window-stopped"), None),
+            timeout=WAIT_S,
+        )
+    assert done.finish_reason == "cancelled"
