@@ -3,6 +3,7 @@ log, a busy port, and a chat in the window while an API stream runs (both comple
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 
@@ -19,7 +20,9 @@ openai = pytest.importorskip("openai")
 
 pytestmark = [pytest.mark.slow, ignore_offscreen_limits]
 
-REPLY = "Each block starts as noise and settles into text, one canvas after another."
+# Several 16-token canvases, so an API stream is still running when the window's turn is asked for.
+REPLY = " ".join(["Each block starts as noise and settles into text, one canvas after another."] * 3)
+SETTINGS = dataclasses.replace(TEST_SETTINGS, max_new_tokens=512)
 
 
 def free_port() -> int:
@@ -31,10 +34,10 @@ def free_port() -> int:
 @pytest.fixture
 def window(qtbot, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CANVAS_CHAT_TEST_FORCE_REPLY", REPLY)
-    monkeypatch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.03")
+    monkeypatch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.04")
     store = ChatStore()
     client = EngineClient(restart_delays_s=(0.05, 0.1, 0.2))
-    main = MainWindow(TEST_SETTINGS, store, client)
+    main = MainWindow(SETTINGS, store, client)
     main.show()
     qtbot.waitExposed(main)
     assert main.start_engine(str(tiny_model_dir))
