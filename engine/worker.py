@@ -14,6 +14,8 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -28,10 +30,16 @@ EXIT_PROTOCOL_MISMATCH = 3
 
 
 class EventChannel:
-    """Writes events on a thread of its own; a newer draft replaces one not yet written."""
+    """Writes events on a thread of its own; a newer draft replaces one not yet written.
 
-    def __init__(self, stream: IO[str]):
+    An event that cannot be encoded is replaced by an error for its request. When the stream
+    itself fails (the GUI is gone or its pipe broke) nothing more can be said: `on_failure` is
+    called once so the loop stops instead of serving a GUI that cannot hear it.
+    """
+
+    def __init__(self, stream: IO[str], on_failure: Callable[[str], None] = lambda reason: None):
         self._stream = stream
+        self._on_failure = on_failure
         self._pending: deque[Any] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -44,8 +52,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, p.Draft)
-                and isinstance(last, p.Draft)
+                isinstance(event, (p.Draft, p.SpanDraft))
+                and type(last) is type(event)
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -67,18 +75,54 @@ class EventChannel:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closed:
-                    self._condition.wait()
-                if not self._pending and self._closed:
+        try:
+            while True:
+                with self._condition:
+                    while not self._pending and not self._closed:
+                        self._condition.wait()
+                    if not self._pending and self._closed:
+                        return
+                    event = self._pending.popleft()
+                line = _encode_for_the_wire(event)
+                try:
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
+                except Exception as exc:
+                    self._fail(f"its event stream failed ({exc!r})")
                     return
-                event = self._pending.popleft()
-            try:
-                self._stream.write(p.encode(event) + "\n")
-                self._stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                return  # the parent is gone; the reader will see EOF and end the loop
+        except BaseException as exc:
+            log.critical("the event writer failed", exc_info=True)
+            self._fail(f"its event writer failed ({exc!r})")
+            raise
+
+    def _fail(self, reason: str) -> None:
+        with self._condition:
+            self._closed = True
+            self._pending.clear()
+        log.critical("the engine can no longer answer the GUI: %s", reason)
+        self._on_failure(reason)
+
+
+def _encode_for_the_wire(event: Any) -> str:
+    """One protocol line for `event`, or an error for its request when it cannot be encoded."""
+    try:
+        line = p.encode(event)
+    except Exception as exc:
+        log.exception("an event could not be encoded: %.200r", event)
+        return p.encode(
+            p.Error(
+                str(getattr(event, "request_id", "")),
+                "internal",
+                "The engine produced an answer it could not send; try again.",
+                recoverable=True,
+                detail=repr(exc)[:500],
+            )
+        )
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate would break the write itself
+        line = line.encode("utf-8", "replace").decode("utf-8")
+    return line
 
 
 class CancelRegistry:
@@ -129,6 +173,8 @@ class Engine:
                 self._load(request)
             elif isinstance(request, p.Generate):
                 self._generate(request)
+            elif isinstance(request, p.RewriteSpan):
+                self._rewrite_span(request)
             elif isinstance(request, p.Unload):
                 self._unload()
                 self.emit(p.Unloaded(request.request_id))
@@ -250,6 +296,7 @@ class Engine:
             plan = _thinking_plan(tokenizer, messages)
         else:
             plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
         pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
@@ -317,6 +364,70 @@ class Engine:
         else:
             self.caches.drop(request.conversation_id)
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats, reasoning))
+
+    def _rewrite_span(self, request: p.RewriteSpan) -> None:
+        """Re-denoises a span of a reply in place (`engine.rewrite`); the rest is held bit for bit."""
+        from engine.rewrite import SpanDraftReport, character_ranges, rewrite_span
+
+        request_id = request.request_id
+        if self.loaded is None:
+            raise EngineError("no_model_loaded", "No model is loaded yet: load one before rewriting.")
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": request.system_prompt})
+        pieces = self.pieces
+        emit = self.emit
+
+        def on_draft(report: SpanDraftReport) -> None:
+            emit(
+                p.SpanDraft(
+                    request_id,
+                    canvas_index=report.canvas_index,
+                    step_index=report.step_index,
+                    max_steps=report.max_steps,
+                    span_start=report.start,
+                    span_end=report.end,
+                    text=tokenizer.decode(report.token_ids, skip_special_tokens=True),
+                    pieces=pieces.of(report.token_ids),
+                    settled=report.settled,
+                    entropy=report.entropy_buckets,
+                )
+            )
+
+        try:
+            if self.cancels.is_cancelled(request_id):
+                result_ids, finish_reason, stats = list(request.reply_token_ids), "cancelled", None
+            else:
+                result = rewrite_span(
+                    model,
+                    tokenizer,
+                    messages,
+                    list(request.reply_token_ids),
+                    request.span_start,
+                    request.span_end,
+                    request.settings,
+                    instruction=request.instruction,
+                    on_draft=on_draft,
+                    should_stop=lambda: self.cancels.is_cancelled(request_id),
+                )
+                result_ids, finish_reason, stats = result.token_ids, result.finish_reason, result.stats
+        finally:
+            self.cancels.forget(request_id)
+        text, rewritten, kept = character_ranges(tokenizer, result_ids, request.span_start, request.span_end)
+        self.emit(
+            p.SpanRewritten(
+                request_id,
+                finish_reason=finish_reason,
+                text=text,
+                token_ids=result_ids,
+                span_start=request.span_start,
+                span_end=request.span_end,
+                rewritten=rewritten,
+                kept=kept,
+                stats=stats or p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0),
+            )
+        )
 
     def _emit_cancelled_before_start(self, request: p.Generate) -> None:
         self.cancels.forget(request.request_id)
@@ -444,40 +555,73 @@ def _out_of_memory_message() -> str:
     )
 
 
+@dataclass(frozen=True)
+class IoFailure:
+    """Queued for the loop when a reader or writer thread died: the worker must exit."""
+
+    reason: str
+
+
 def read_requests(stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegistry, emit) -> None:
-    """Reader thread: decodes lines; cancels act at once, everything else is queued in order."""
-    for raw in iter(stdin.readline, b""):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            request = p.decode(line, p.REQUEST_TYPES)
-        except p.ProtocolError as exc:
-            log.warning("dropped a malformed request: %s", exc)
-            emit(
-                p.Error(
-                    p.request_id_of(line),
-                    "malformed_message",
-                    f"The engine could not read a request ({exc}).",
-                    recoverable=True,
-                )
-            )
-            continue
-        if isinstance(request, p.Cancel):
-            cancels.cancel(request.target_request_id)
-            continue
-        requests.put(request)
+    """Reader thread: decodes lines; cancels act at once, everything else is queued in order.
+
+    A line it cannot read, for whatever reason, is answered with `malformed_message` and
+    skipped; if reading itself fails the loop is told, so the worker exits instead of going deaf.
+    """
+    try:
+        while True:
+            raw = stdin.readline(p.MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > p.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                _skip_rest_of_line(stdin)
+                _refuse_line(emit, "", f"a line longer than {p.MAX_LINE_BYTES // 2**20} MiB")
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                request = p.decode(line, p.REQUEST_TYPES)
+            except Exception as exc:  # ProtocolError, and anything a hostile line might still raise
+                _refuse_line(emit, p.request_id_of(line), str(exc) if isinstance(exc, p.ProtocolError) else repr(exc))
+                continue
+            if isinstance(request, p.Cancel):
+                cancels.cancel(request.target_request_id)
+                continue
+            requests.put(request)
+    except BaseException as exc:
+        log.critical("the request reader failed", exc_info=True)
+        cancels.everything.set()
+        requests.put(IoFailure(f"it could no longer read requests ({exc!r})"))
+        return
     log.info("stdin closed: the GUI is gone, shutting down")
     cancels.everything.set()
     requests.put(None)
 
 
+def _skip_rest_of_line(stdin: IO[bytes]) -> None:
+    while True:
+        chunk = stdin.readline(2**20)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _refuse_line(emit, request_id: str, reason: str) -> None:
+    log.warning("dropped a malformed request: %.300s", reason)
+    emit(p.Error(request_id, "malformed_message", f"The engine could not read a request ({reason:.300}).", recoverable=True))
+
+
 def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
-    channel = EventChannel(stdout)
-    if test_switches.wants_garbage_stdout():
-        channel.write_raw("this line is not JSON (test switch)")
     cancels = CancelRegistry()
     requests: queue.Queue = queue.Queue()
+
+    def writer_failed(reason: str) -> None:
+        cancels.everything.set()
+        requests.put(IoFailure(reason))
+
+    channel = EventChannel(stdout, on_failure=writer_failed)
+    if test_switches.wants_garbage_stdout():
+        channel.write_raw("this line is not JSON (test switch)")
     engine = Engine(channel.send, cancels)
     engine.submit = requests.put
     reader = threading.Thread(
@@ -489,6 +633,11 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
         while True:
             request = requests.get()
             if request is None:
+                break
+            if isinstance(request, IoFailure):
+                log.critical("engine stopping: %s", request.reason)
+                channel.send(p.Error("", "internal", f"The engine stopped: {request.reason}.", recoverable=False))
+                status = EXIT_FATAL
                 break
             outcome = engine.handle(request)
             if outcome is not None:
