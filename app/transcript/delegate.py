@@ -30,6 +30,7 @@ from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem, QTextBr
 from app.transcript.canvas_paint import FADE_LEVELS, FADE_S, layout_canvas, text_height
 from app.chat.qt_models import MessageRole
 from app.theme import LIGHT, ThemeColors
+from app.transcript.thought_channel import reasoning_of, with_thought
 
 from app.transcript.animation import AnimatedRow
 
@@ -127,6 +128,9 @@ class TranscriptDelegate(QStyledItemDelegate):
         row = self._view.animated_row(message.id)
         if row is not None and row.replay:
             return row.committed_text
+        reasoning = reasoning_of(message)
+        if reasoning:
+            return with_thought(message.content, reasoning, message.id in self._view.expanded_thoughts)
         return message.content
 
     def document_for(self, message: Any, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:

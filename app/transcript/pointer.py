@@ -12,6 +12,7 @@ from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QMenu, QTextBrowser
 
 from app.transcript.delegate import message_of
+from app.transcript.thought_channel import THOUGHT_SCHEME
 
 # Same as app.transcript.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
 # the first assistant message, not at startup.
@@ -66,7 +67,18 @@ class TranscriptPointer:
                 if editor is not None:
                     self._delegate.setEditorData(editor, QModelIndex(self._editor_index))
 
+    def toggle_thought(self, message_id: str) -> None:
+        """Expands or collapses a reply's thought channel."""
+        self.expanded_thoughts ^= {message_id}
+        self.scheduleDelayedItemsLayout()  # the row's height changes
+        self.viewport().update()
+
     def open_anchor(self, index: QPersistentModelIndex, href: str) -> None:
+        if href.startswith(THOUGHT_SCHEME + ":"):
+            message = message_of(QModelIndex(index))
+            if message is not None:
+                self.toggle_thought(message.id)
+            return
         if href.startswith(COPY_CODE_SCHEME + ":"):
             message = message_of(QModelIndex(index))
             if message is None:

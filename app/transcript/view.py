@@ -42,6 +42,7 @@ class TranscriptView(TranscriptPointer, QListView):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self.expanded_thoughts: set[str] = set()  # replies whose thought channel is open
         self.setObjectName("transcriptView")
         self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
