@@ -40,6 +40,9 @@ ErrorCode = Literal[
     "context_too_long",
     "out_of_memory",
     "load_failed",
+    "api_port_in_use",
+    "api_bind_failed",
+    "api_token_required",
     "internal",
     "engine_stopped",
 ]

@@ -130,6 +130,19 @@ def test_every_error_code_the_engine_and_the_gui_send_is_one_of_the_protocols():
     assert p.MODEL_SETUP_ERROR_CODES <= p.MODEL_LOAD_ERROR_CODES <= known
 
 
+def test_the_error_codes_docs_protocol_lists_are_the_protocols():
+    # The GUI refuses an error event whose code it does not know, so a code the worker sends
+    # (however it builds it) must be listed in both places.
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    listed = text.split("Error codes:", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", listed))
+    assert documented == set(typing.get_args(p.ErrorCode)) - {"engine_stopped"}
+
+
 def test_every_download_error_code_is_one_of_the_download_events():
     from app.setup.download_events import DownloadErrorCode
 
