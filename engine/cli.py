@@ -49,9 +49,15 @@ def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
 
 def generate_once(loaded, prompt: str, settings: GenerationSettings, system: str = "") -> dict:
     """Generates one reply in-process; the result is what `--json` prints."""
+    return generate_chat(loaded, chat_messages(prompt, system), settings)
+
+
+def generate_chat(loaded, messages: list[dict[str, str]], settings: GenerationSettings) -> dict:
+    """The reply to a whole chat (ending with a user turn), encoded afresh by the chat template:
+    no KV cache, so it is the reference a cached multi-turn reply must equal."""
     from engine.generation import encode_prompt, run_generation
 
-    input_ids = encode_prompt(loaded.tokenizer, chat_messages(prompt, system))
+    input_ids = encode_prompt(loaded.tokenizer, messages)
     result = run_generation(loaded.model, loaded.tokenizer, input_ids, settings)
     return {
         "text": loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True),
