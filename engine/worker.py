@@ -322,7 +322,11 @@ class Engine:
 
 
 class _PieceTable:
-    """Decoded text of single tokens, cached: a draft needs one piece per canvas position."""
+    """Decoded text of single tokens, cached: a draft needs one piece per canvas position.
+
+    Special tokens (pad, turn markers, ...) decode to "": the model predicts them too, and a
+    draft must never show their markup; the view draws an empty settled position as a blank.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -332,7 +336,8 @@ class _PieceTable:
         cache = self.cache
         missing = [t for t in set(token_ids) if t not in cache]
         if missing:
-            for token, text in zip(missing, self.tokenizer.batch_decode([[t] for t in missing])):
+            texts = self.tokenizer.batch_decode([[t] for t in missing], skip_special_tokens=True)
+            for token, text in zip(missing, texts):
                 cache[token] = text
         return [cache[t] for t in token_ids]
 

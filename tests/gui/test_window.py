@@ -303,3 +303,39 @@ def test_replay_plays_the_recorded_drafts_then_restores_the_reply(open_window, q
     assert drawn[-1][1] == REPLY
     assert not view.is_replaying() and not view.is_streaming(message_id)
     assert window.controller.transcript.get(message_id).content == REPLY
+
+
+# Special tokens inside a reply: the model predicts pad and markup ids too (a forced reply makes
+# the tiny model settle on them), over two canvases.
+SPECIAL_REPLY = "Noise<pad><pad> settles<|channel> into<mask> text<pad>, one<|image|> canvas<unk> at<channel|> a time<pad>."
+
+
+def test_no_draft_replay_frame_or_committed_text_shows_a_special_token(open_window, qtbot, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from app.replay import decode_frames
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    specials = [token for token in tokenizer.all_special_tokens if token]
+    assert {"<pad>", "<|channel>", "<mask>"} <= set(specials)
+    window = open_window(reply=SPECIAL_REPLY, step_delay="0")
+    recorder = CanvasRecorder(window)
+    drafts, commits = [], []
+    window.client.draft_received.connect(drafts.append)
+    window.client.canvas_committed.connect(commits.append)
+    message_id = send_and_wait(qtbot, window, "Say it with special tokens.")
+    # The special ids really reached the drafts: settled positions with nothing to show.
+    assert any(flag and piece == "" for d in drafts for piece, flag in zip(d.pieces, d.settled))
+    message = window.controller.transcript.get(message_id)
+    replay_frames = list(decode_frames(message.replay))
+    assert any(f.kind == "draft" for f in replay_frames) and any(f.kind == "commit" for f in replay_frames)
+
+    shown = [message.content]
+    shown += [d.text for d in drafts] + ["".join(d.pieces) for d in drafts]
+    shown += [c.text for c in commits] + [c.reply_text for c in commits]
+    shown += [f.layout_text for f in recorder.frames] + ["".join(s.text for s in f.segments) for f in recorder.frames]
+    shown += ["".join(f.pieces) + f.committed_text for f in replay_frames]
+    for text in shown:
+        leaked = [token for token in specials if token in text]
+        assert not leaked, f"{leaked} shown in {text!r}"
+    assert message.content == "Noise settles into text, one canvas at a time."
