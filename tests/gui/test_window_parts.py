@@ -40,6 +40,19 @@ def test_unsettled_positions_show_neutral_glyphs_never_the_noise(qapp):
     assert animation.counter_text() == "canvas 1 \u00b7 step 3/8"
 
 
+def test_a_settled_special_token_draws_as_a_blank_never_its_markup(qapp):
+    """An older engine, or a replay stored before pieces skipped special tokens, may still send
+    "<pad>" or "<|channel>" as a piece: the canvas draws a blank for it."""
+    from PySide6.QtGui import QFont
+
+    animation = CanvasAnimation()
+    pieces = ["The", "<pad>", "<|channel>", " cat", "<turn|>", "<unused7>", " a<b>c"]
+    animation.apply(0, 3, 8, pieces, [True] * 6 + [True], [0] * 7, now=1.0)
+    layout, _ = layout_canvas(animation, QFont(), 400, LIGHT, now=1.0)
+    assert layout.text() == "The cat a<b>c"
+    assert "".join(s.text for s in animation.segments()) == "The cat a<b>c"
+
+
 def test_settled_tokens_fade_in_once_and_restart_when_they_change():
     animation = CanvasAnimation()
     animation.apply(0, 0, 8, ["a", "b"], [True, False], [0, 0], now=1.0)
