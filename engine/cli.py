@@ -67,9 +67,22 @@ def generate_chat(loaded, messages: list[dict[str, str]], settings: GenerationSe
     }
 
 
+def _cli_message(exc: EngineError, model: str) -> str:
+    """The engine's message in command-line terms (the app's says to open Model setup)."""
+    if exc.code == "model_not_downloaded":
+        return (
+            f"{model} has not been downloaded yet: download it first with `hf download {model}` "
+            "(or from the app's Model setup), or pass --model a local folder that holds it."
+        )
+    return exc.message
+
+
 def generate_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not args.prompt.strip():
+        print('error: the prompt is empty: pass the question, e.g. --prompt "What is 3 + 4?"', file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     problems = settings.problems()
     if problems:
@@ -81,7 +94,7 @@ def generate_main(argv: list[str]) -> int:
         loaded = load_model(args.model, device=args.device, quantization=args.quantization)
         outcome = generate_once(loaded, args.prompt, settings, args.system)
     except EngineError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {_cli_message(exc, args.model)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(outcome, ensure_ascii=False))
