@@ -267,3 +267,21 @@ def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot
         client.shutdown()
         window.close()
         store.close()
+
+
+@pytest.mark.parametrize("gpu_gib", [24, None])
+def test_the_dialog_opens_unclipped_at_its_default_size(make_dialog, qtbot, gpu_gib):
+    """At its default size the layout fits: no title cut, no button text elided."""
+    from PySide6.QtWidgets import QLabel, QPushButton
+
+    dialog = make_dialog(_report(gpu_gib))
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    hint = dialog.minimumSizeHint()
+    assert dialog.width() >= hint.width() and dialog.height() >= hint.height()
+    for button in dialog.findChildren(QPushButton):
+        if button.isVisible():
+            assert button.width() >= button.sizeHint().width(), f"{button.text()!r} is elided"
+    for label in dialog.findChildren(QLabel):
+        if label.isVisible() and not label.wordWrap():
+            assert label.width() >= label.minimumSizeHint().width(), f"{label.text()!r} is cut"
