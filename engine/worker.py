@@ -177,6 +177,8 @@ class Engine:
 
         self._unload()
         test_switches.apply_load_fault()
+        # INFO lines like these are what the app's crash banner shows of the worker's last moments.
+        log.info("loading %s (device %s, quantization %s)", request.model, request.device, request.quantization)
         try:
             self.loaded = load_model(
                 request.model,
@@ -199,6 +201,7 @@ class Engine:
                 ) from None
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
+        log.info("loaded %s on %s (%s) in %.1f s", loaded.source, loaded.device, loaded.quantization, loaded.load_s)
         self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
@@ -243,6 +246,10 @@ class Engine:
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
         plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        log.info(
+            "generating a reply (request %s): %d prompt tokens, %d of them cached",
+            request_id, len(plan.full_ids), plan.cached_tokens,
+        )
         pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
@@ -298,6 +305,10 @@ class Engine:
             )
         else:
             self.caches.drop(request.conversation_id)
+        log.info(
+            "reply %s ended (%s): %d tokens in %.2f s", request_id, result.finish_reason,
+            result.stats.new_tokens, result.stats.wall_s,
+        )
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats))
 
     def _emit_cancelled_before_start(self, request: p.Generate) -> None:

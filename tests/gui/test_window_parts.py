@@ -272,3 +272,48 @@ def test_hovering_a_message_shows_its_links_and_clicking_edit_asks_for_an_edit(w
         qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=edit_link.center())
     assert requested.args == [question.id]
     assert window.composer.editing_message_id == question.id and window.composer.text() == "What is a canvas?"
+
+
+@ignore_offscreen_limits
+def test_the_app_reopens_the_last_chat_on_start(qtbot):
+    with ChatStore() as store:
+        older = store.create_conversation("Older chat")
+        store.add_message(Message("user", "An old question", conversation_id=older.id))
+        latest = store.create_conversation("Latest chat")
+        store.add_message(Message("user", "What is 3 + 4?", conversation_id=latest.id))
+        store.add_message(Message("assistant", "3 + 4 = 7.", conversation_id=latest.id))
+        store.touch_conversation(older.id, 1.0)  # long ago
+    store = ChatStore()
+    window = MainWindow(Settings(), store, EngineClient())
+    qtbot.addWidget(window)
+    window.show()
+    assert window.controller.current_conversation_id == latest.id
+    assert [m.content for m in window.controller.transcript] == ["What is 3 + 4?", "3 + 4 = 7."]
+    assert window.transcript_view.isVisible() and not window.empty_label.isVisible()
+    assert window.windowTitle().startswith("Latest chat")
+    window.close()
+    store.close()
+
+
+@ignore_offscreen_limits
+def test_the_empty_chat_offers_clickable_examples_when_the_demo_is_loaded(window, qtbot):
+    from app.main_window import DEMO_EXAMPLE_PROMPTS
+    from engine.protocol import ModelLoaded
+
+    def loaded(is_demo):
+        info = ModelLoaded("l", "demo-model", "/demo-model", "cpu", "none", 16, 1_554_960, 0.2, is_demo=is_demo)
+        window.client._model_info = info
+        window._on_client_model_loaded(info)
+
+    loaded(is_demo=False)
+    assert "ask:" not in window.empty_label.text()
+    loaded(is_demo=True)
+    text = window.empty_label.text()
+    assert "This is a tiny demo model" in text
+    assert all(f">{prompt}</a>" in text for prompt in DEMO_EXAMPLE_PROMPTS)
+    for skill_word in ("capital", "colour", "Reverse", "How many words", "+", "can you do"):  # one per skill
+        assert any(skill_word in prompt for prompt in DEMO_EXAMPLE_PROMPTS), skill_word
+    window.empty_label.linkActivated.emit("ask:2")  # what a click on the third example does
+    questions = [m.content for m in window.controller.transcript if m.role == "user"]
+    assert questions == [DEMO_EXAMPLE_PROMPTS[2]]
+    qtbot.waitUntil(lambda: not window.controller.is_generating, timeout=5000)
