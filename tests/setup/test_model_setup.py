@@ -285,3 +285,18 @@ def test_the_dialog_opens_unclipped_at_its_default_size(make_dialog, qtbot, gpu_
     for label in dialog.findChildren(QLabel):
         if label.isVisible() and not label.wordWrap():
             assert label.width() >= label.minimumSizeHint().width(), f"{label.text()!r} is cut"
+
+
+def test_readme_and_setup_screen_give_the_same_download_size():
+    """One unit convention (GB as Windows shows them, 1024**3 bytes) and one figure everywhere."""
+    import re
+
+    import app.model_setup
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    (readme_gb,) = re.findall(r"diffusiongemma-26B-A4B-it` \(about (\d+) GB\)", readme)
+    source = Path(app.model_setup.__file__).read_text(encoding="utf-8")
+    (app_gb,) = re.findall(r"from Hugging Face, about (\d+) GB", source)
+    assert readme_gb == app_gb
+    assert "GiB" not in readme.split("## Fitting")[1].split("##")[0], "the README mixes GB and GiB"
