@@ -227,6 +227,8 @@ class Engine:
 
         self._unload()
         test_switches.apply_load_fault()
+        # INFO lines like these are what the app's crash banner shows of the worker's last moments.
+        log.info("loading %s (device %s, quantization %s)", request.model, request.device, request.quantization)
         try:
             self.loaded = load_model(
                 request.model,
@@ -249,6 +251,7 @@ class Engine:
                 ) from None
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
+        log.info("loaded %s on %s (%s) in %.1f s", loaded.source, loaded.device, loaded.quantization, loaded.load_s)
         self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
@@ -296,7 +299,11 @@ class Engine:
             plan = _thinking_plan(tokenizer, messages)
         else:
             plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
-        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
+        # INFO lines like these are what the app's crash banner shows of the worker's last moments.
+        log.info(
+            "generating a reply (request %s): %d prompt tokens, %d of them cached",
+            request_id, len(plan.full_ids), plan.cached_tokens,
+        )
         pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
@@ -363,6 +370,10 @@ class Engine:
             )
         else:
             self.caches.drop(request.conversation_id)
+        log.info(
+            "reply %s ended (%s): %d tokens in %.2f s", request_id, result.finish_reason,
+            result.stats.new_tokens, result.stats.wall_s,
+        )
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats, reasoning))
 
     def _rewrite_span(self, request: p.RewriteSpan) -> None:
@@ -507,7 +518,11 @@ class Engine:
 
 
 class _PieceTable:
-    """Decoded text of single tokens, cached: a draft needs one piece per canvas position."""
+    """Decoded text of single tokens, cached: a draft needs one piece per canvas position.
+
+    Special tokens (pad, turn markers, ...) decode to "": the model predicts them too, and a
+    draft must never show their markup; the view draws an empty settled position as a blank.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -517,7 +532,8 @@ class _PieceTable:
         cache = self.cache
         missing = [t for t in set(token_ids) if t not in cache]
         if missing:
-            for token, text in zip(missing, self.tokenizer.batch_decode([[t] for t in missing])):
+            texts = self.tokenizer.batch_decode([[t] for t in missing], skip_special_tokens=True)
+            for token, text in zip(missing, texts):
                 cache[token] = text
         return [cache[t] for t in token_ids]
 

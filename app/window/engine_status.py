@@ -41,6 +41,7 @@ STATE_DOT = {
     EngineState.CRASHED: "#d0363d",
     EngineState.RESTARTING: "#d29b22",
 }
+NO_MODEL_TEXT = "No model loaded"
 
 
 class EngineStatus(QWidget):
@@ -79,6 +80,12 @@ class EngineStatus(QWidget):
         self.progress.setVisible(state == EngineState.LOADING)
         if state != EngineState.LOADING:
             self.progress.setValue(0)
+
+    def show_no_model(self) -> None:
+        """The worker is up but holds no model (its last load failed)."""
+        self.dot.setStyleSheet(f"color: {STATE_DOT[EngineState.STOPPED]};")
+        self.label.setText(NO_MODEL_TEXT)
+        self.model_label.setText("")
 
     def show_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(max(0.0, min(1.0, fraction)) * 100))
@@ -135,9 +142,9 @@ class EngineBanner(QFrame):
             f"border-radius: 6px; }} #crashBanner QLabel {{ color: {colors.banner_text}; }}"
         )
 
-    def show_crash(self, exit_code: int, log_lines: list[str], restarting: bool) -> None:
+    def show_crash(self, exit_code: int, log_lines: list[str], restarting: bool, how: str = "") -> None:
         self.kind = "crash"
-        how = f"exit code {exit_code}" if exit_code >= 0 else "killed"
+        how = how or (f"exited with status {exit_code}" if exit_code >= 0 else "killed")
         self.title.setText(f"The engine stopped unexpectedly ({how}).")
         self.detail.setText(
             "The reply in progress was kept and marked interrupted. "

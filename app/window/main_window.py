@@ -35,6 +35,17 @@ from engine.protocol import MODEL_LOAD_ERROR_CODES, MODEL_SETUP_ERROR_CODES, Err
 
 log = logging.getLogger("canvas_chat.window")
 
+# Clickable on the empty chat while the demo model is loaded: one question per skill it knows.
+DEMO_EXAMPLE_PROMPTS = (
+    "What is the capital of Peru?",
+    "What colour is a banana?",
+    "Reverse the words: red green blue",
+    "How many words are in: the cat sat",
+    "What is 3 + 4?",
+    "What can you do?",
+)
+
+
 class MainWindow(QMainWindow):
     """The chat window. `start_engine()` launches the worker (call it after `show()`)."""
 
@@ -69,6 +80,8 @@ class MainWindow(QMainWindow):
         self.empty_label.setObjectName("emptyChatLabel")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_label.setWordWrap(True)
+        self.empty_label.setTextInteractionFlags(Qt.TextInteractionFlag.LinksAccessibleByMouse | Qt.TextInteractionFlag.LinksAccessibleByKeyboard)
+        self.empty_label.linkActivated.connect(self._on_empty_label_link_activated)
 
         chat_area = QWidget(self)
         chat_layout = QVBoxLayout(chat_area)
@@ -101,6 +114,9 @@ class MainWindow(QMainWindow):
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
         self.apply_settings(settings, save=False)
+        if len(self.controller.conversations):
+            # The app reopens where the user left off: the most recently used chat.
+            self.controller.open_conversation(self.controller.conversations[0].id)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
         self.composer.edit.setFocus()
@@ -217,6 +233,8 @@ class MainWindow(QMainWindow):
         if state == EngineState.READY and info is not None:
             name = "Demo model (toy skills only)" if getattr(info, "is_demo", False) else Path(info.model).name
             self.engine_status.model_label.setText(f"{name} \u00b7 {info.device}")
+        elif state == EngineState.READY:
+            self.engine_status.show_no_model()
         elif state in (EngineState.CRASHED, EngineState.STOPPED, EngineState.RESTARTING, EngineState.STARTING):
             self.engine_status.model_label.setText("")
         if state in (EngineState.READY, EngineState.GENERATING) and self.banner.kind == "crash":
@@ -232,12 +250,15 @@ class MainWindow(QMainWindow):
             self.banner.hide()
             self.banner.kind = ""
         self._on_client_state_changed(self.client.state)
+        self._update_empty_state()
         self.model_ready.emit(info)
 
     def _on_client_worker_crashed(self, exit_code: int, log_lines: list) -> None:
         if self._closing:
             return
-        self.banner.show_crash(exit_code, list(log_lines), self.client.state == EngineState.RESTARTING)
+        self.banner.show_crash(
+            exit_code, list(log_lines), self.client.state == EngineState.RESTARTING, self.client.last_exit_description
+        )
 
     def _on_client_error_received(self, error: Error) -> None:
         if self._closing:
@@ -395,13 +416,21 @@ class MainWindow(QMainWindow):
             model = self._model_name or (choice.model if choice else None)
             name = Path(model).name if model else "no model yet"
             demo_note = ""
-            if choice is not None and choice.is_demo and choice.model:
+            info = self.client.model_info
+            loaded_demo = info is not None and getattr(info, "is_demo", False)
+            if (choice is not None and choice.is_demo and choice.model) or loaded_demo:
                 name = "built-in demo model"
+                why = f"<br>Why the demo: {html.escape(choice.reason)}" if choice is not None and choice.is_demo else ""
                 demo_note = (
                     "<p><b>This is a tiny demo model.</b> It knows only toy skills (capitals, colours, "
-                    "simple sums, reversing and counting words) and shows how diffusion writes.<br>"
-                    f"Why the demo: {html.escape(choice.reason)}</p>"
+                    f"simple sums, reversing and counting words) and shows how diffusion writes.{why}</p>"
                 )
+            if loaded_demo:
+                links = " &nbsp;\u00b7&nbsp; ".join(
+                    f"<a href='ask:{index}' style='color: {self.colors.link};'>{html.escape(prompt)}</a>"
+                    for index, prompt in enumerate(DEMO_EXAMPLE_PROMPTS)
+                )
+                demo_note += f"<p>Try one:<br>{links}</p>"
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
                 "<p>Ask anything. Each reply is written a block at a time:<br>"
@@ -412,6 +441,10 @@ class MainWindow(QMainWindow):
             )
         self.empty_label.setVisible(empty)
         self.transcript_view.setVisible(not empty)
+
+    def _on_empty_label_link_activated(self, link: str) -> None:
+        if link.startswith("ask:"):
+            self.send(DEMO_EXAMPLE_PROMPTS[int(link[4:])])
 
     def _focus_composer(self) -> None:
         self.composer.edit.setFocus(Qt.FocusReason.ShortcutFocusReason)

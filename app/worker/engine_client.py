@@ -139,6 +139,7 @@ class EngineClient(QObject):
         self._state = EngineState.STOPPED
         self._process: LineProcess | None = None
         self._worker_log = WorkerLog()
+        self.last_exit_description = ""  # "killed by SIGKILL", "exited with status 3"
         # Lifecycle facts; _update_state() derives the state from them and checks the move.
         self._handshaken = False
         self._stopping = False  # an exit now is expected (shutdown/restart)
@@ -375,6 +376,7 @@ class EngineClient(QObject):
         if process is None:
             return
         self._process = None
+        self.last_exit_description = process.exit_description
         process.deleteLater()
         self._handshake_timer.stop()
         self._handshaken = False
@@ -400,10 +402,7 @@ class EngineClient(QObject):
 
         self._crashed = True
         tail = self.stderr_tail()
-        log.warning(
-            "engine worker exited unexpectedly (%s)",
-            f"exit code {exit_code}" if normal_exit else "killed by a signal",
-        )
+        log.warning("engine worker exited unexpectedly (%s)", self.last_exit_description)
         can_restart = (
             self.auto_restart
             and self._fatal_error is None

@@ -8,6 +8,8 @@ supervisor (the download child) both use it; what a line means is theirs to deci
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from collections.abc import Sequence
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
@@ -15,6 +17,18 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 
 log = logging.getLogger("canvas_chat.line_process")
+
+
+def exit_description(code: int, normal_exit: bool) -> str:
+    """How a process ended, in words: "exited with status 3", "killed by SIGKILL"."""
+    if normal_exit:
+        return f"exited with status {code}"
+    if sys.platform != "win32" and 0 < code < 128:
+        try:
+            return f"killed by {signal.Signals(code).name}"
+        except ValueError:
+            return f"killed by signal {code}"
+    return f"crashed (status {code:#x})" if code else "crashed"
 
 
 class LineProcess(QObject):
@@ -47,6 +61,7 @@ class LineProcess(QObject):
         self._stdout_buffer = b""
         self._stderr_buffer = b""
         self._exited = False
+        self.exit_description = ""  # how it ended, in words (set before `exited`)
         process = QProcess(self)
         process.setProgram(self.command[0])
         process.setArguments(self.command[1:])
@@ -132,11 +147,13 @@ class LineProcess(QObject):
             self._emit_stderr_line(self._stderr_buffer)
         self._stdout_buffer = self._stderr_buffer = b""
         normal = exit_status == QProcess.ExitStatus.NormalExit
+        self.exit_description = exit_description(exit_code, normal)
         self._exit(exit_code if normal else -1, normal)
 
     def _on_process_error(self, error: QProcess.ProcessError) -> None:
         if error != QProcess.ProcessError.FailedToStart:
             return  # a crash also emits finished(), handled there
+        self.exit_description = "could not be started"
         self.failed_to_start.emit(self._process.errorString())
         self._exit(-1, False)
 

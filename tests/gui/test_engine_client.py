@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 
 import psutil
 import pytest
@@ -306,3 +307,12 @@ def test_a_state_move_outside_the_transitions_is_logged_as_a_bug(caplog):
     with caplog.at_level(logging.ERROR, logger="canvas_chat.engine_client"):
         assert next_state(EngineState.STOPPED, handshaken=True, **facts) == EngineState.READY
     assert [r.getMessage() for r in caplog.records] == ["engine state moved stopped -> ready, which is not in TRANSITIONS"]
+
+
+def test_exit_description_says_how_the_worker_ended_in_words():
+    from app.worker.line_process import exit_description
+
+    assert exit_description(3, True) == "exited with status 3"
+    if sys.platform != "win32":
+        assert exit_description(9, False) == "killed by SIGKILL"
+        assert exit_description(11, False) == "killed by SIGSEGV"
