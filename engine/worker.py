@@ -14,6 +14,8 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -25,6 +27,15 @@ log = logging.getLogger("canvas_chat.engine.worker")
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_PROTOCOL_MISMATCH = 3
+
+
+@dataclass(frozen=True)
+class DeferredDraft:
+    """A draft whose text is decoded by the writer thread, and only if no newer draft replaced it."""
+
+    request_id: str
+    canvas_index: int
+    build: Callable[[], p.Draft]
 
 
 class EventChannel:
@@ -44,8 +55,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, p.Draft)
-                and isinstance(last, p.Draft)
+                isinstance(event, (p.Draft, DeferredDraft))
+                and isinstance(last, (p.Draft, DeferredDraft))
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -74,6 +85,8 @@ class EventChannel:
                 if not self._pending and self._closed:
                     return
                 event = self._pending.popleft()
+            if isinstance(event, DeferredDraft):
+                event = event.build()  # token decoding here, off the generation thread
             try:
                 self._stream.write(p.encode(event) + "\n")
                 self._stream.flush()
@@ -245,12 +258,13 @@ class Engine:
         plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
         pieces = self.pieces
         emit = self.emit
+        defer = isinstance(getattr(emit, "__self__", None), EventChannel)
         committed: list[int] = []
 
         class Observer(StepObserver):
             def on_step(self, report: StepReport) -> None:
-                emit(
-                    p.Draft(
+                def build() -> p.Draft:
+                    return p.Draft(
                         request_id,
                         canvas_index=report.canvas_index,
                         step_index=report.step_index,
@@ -260,7 +274,9 @@ class Engine:
                         settled=report.settled,
                         entropy=report.entropy_buckets,
                     )
-                )
+
+                # The event writer decodes it on its own thread; any other receiver gets it built.
+                emit(DeferredDraft(request_id, report.canvas_index, build) if defer else build())
 
             def on_canvas(self, report: CanvasReport) -> None:
                 committed.extend(report.token_ids)
