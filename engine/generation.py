@@ -11,12 +11,16 @@ import logging
 import math
 import random
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    EntropyBoundSampler,
+    EntropyBoundSamplerConfig,
+)
 
 from engine import test_switches
 from engine.errors import EngineError, GenerationCancelled
@@ -35,6 +39,41 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     Argument validation is off: it checks the logits with a `.all()` that waits for the GPU.
     """
     return torch.distributions.Categorical(logits=logits, validate_args=False).entropy()
+
+
+class ProbingSampler(EntropyBoundSampler):
+    """transformers' entropy-bound sampler, keeping the last step's per-token entropy (for paths that
+    run stock `generate()`, such as engine/rewrite.py)."""
+
+    last_token_entropy: torch.Tensor | None = None
+
+    def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+        # EntropyBoundSampler.accept_canvas (transformers 5.23) with the entropy kept, unvalidated.
+        entropy = token_entropy(logits)
+        sorted_token_entropy, sorted_indices = torch.sort(entropy, dim=-1, descending=False)
+        cumulative_entropy = torch.cumsum(sorted_token_entropy, dim=-1)
+        sorted_selection_mask = cumulative_entropy - sorted_token_entropy <= self.entropy_bound
+        self.accepted_token_mask = torch.scatter(
+            input=torch.zeros_like(sorted_selection_mask), dim=-1, index=sorted_indices, src=sorted_selection_mask
+        )
+        self.last_token_entropy = entropy
+        return torch.where(self.accepted_token_mask, denoiser_canvas, current_canvas)
+
+
+def _prepare_probing_sampler(self, generation_config):
+    sampler = ProbingSampler(
+        config=generation_config.sampler_config,
+        canvas_length=self.config.canvas_length,
+        vocab_size=self.config.text_config.vocab_size,
+        max_denoising_steps=generation_config.max_denoising_steps,
+    )
+    self._canvas_chat_sampler = sampler
+    return sampler
+
+
+def attach_probe(model) -> None:
+    """Makes `model.generate()` use the probing sampler (per instance; idempotent)."""
+    model._prepare_sampler = types.MethodType(_prepare_probing_sampler, model)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: rewrite_span, span_draft, span_rewritten
 
 FinishReason = Literal["eos", "length", "cancelled"]
+RewriteFinish = Literal["rewritten", "cancelled"]
 ENTROPY_BUCKETS = 4  # 0 = confident ... 3 = very uncertain
 
 
@@ -112,6 +113,21 @@ class Generate:
     system_prompt: str = ""
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     reuse_cache: bool = True
+
+
+@dataclass(frozen=True)
+class RewriteSpan:
+    """Re-denoise reply tokens [span_start, span_end) in place; every other token is kept."""
+
+    TYPE: ClassVar[str] = "rewrite_span"
+    request_id: str
+    messages: list[ChatMessage]  # the conversation up to the user turn the reply answers
+    reply_token_ids: list[int]  # the reply as `done.token_ids` gave it
+    span_start: int  # token indices into reply_token_ids
+    span_end: int
+    instruction: str = ""
+    system_prompt: str = ""
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 @dataclass(frozen=True)
@@ -217,6 +233,37 @@ class Done:
 
 
 @dataclass(frozen=True)
+class SpanDraft:
+    """One denoising step's view of the span being rewritten (latest wins, like `Draft`)."""
+
+    TYPE: ClassVar[str] = "span_draft"
+    request_id: str
+    canvas_index: int
+    step_index: int
+    max_steps: int
+    span_start: int  # the reply tokens this draft covers: the span's part in this canvas
+    span_end: int
+    text: str
+    pieces: list[str]
+    settled: list[bool]
+    entropy: list[int]
+
+
+@dataclass(frozen=True)
+class SpanRewritten:
+    TYPE: ClassVar[str] = "span_rewritten"
+    request_id: str
+    finish_reason: RewriteFinish
+    text: str  # the whole reply (unchanged when cancelled)
+    token_ids: list[int]
+    span_start: int
+    span_end: int
+    rewritten: list[int]  # [start, end) character offsets of the span in `text`
+    kept: list[list[int]]  # the [start, end) character ranges of `text` that were held
+    stats: GenerationStats
+
+
+@dataclass(frozen=True)
 class Error:
     TYPE: ClassVar[str] = "error"
     request_id: str
@@ -239,8 +286,20 @@ class Unloaded:
     request_id: str
 
 
-Request = Union[Hello, LoadModel, Generate, Cancel, Unload, Shutdown, ProbeHardware]
-Event = Union[Ready, LoadProgress, ModelLoaded, Draft, CanvasCommitted, Done, Error, HardwareReport, Unloaded]
+Request = Union[Hello, LoadModel, Generate, RewriteSpan, Cancel, Unload, Shutdown, ProbeHardware]
+Event = Union[
+    Ready,
+    LoadProgress,
+    ModelLoaded,
+    Draft,
+    CanvasCommitted,
+    Done,
+    SpanDraft,
+    SpanRewritten,
+    Error,
+    HardwareReport,
+    Unloaded,
+]
 
 REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}
 EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Event)}

@@ -38,6 +38,13 @@ class DeferredDraft:
     build: Callable[[], p.Draft]
 
 
+def _draft_kind(event: Any) -> type | None:
+    """Drafts that supersede each other: a deferred draft is a Draft not yet decoded."""
+    if isinstance(event, DeferredDraft):
+        return p.Draft
+    return type(event) if isinstance(event, (p.Draft, p.SpanDraft)) else None
+
+
 class EventChannel:
     """Writes events on a thread of its own; a newer draft replaces one not yet written."""
 
@@ -55,8 +62,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, (p.Draft, DeferredDraft))
-                and isinstance(last, (p.Draft, DeferredDraft))
+                _draft_kind(event) is not None
+                and _draft_kind(last) is _draft_kind(event)
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -140,6 +147,8 @@ class Engine:
                 self._load(request)
             elif isinstance(request, p.Generate):
                 self._generate(request)
+            elif isinstance(request, p.RewriteSpan):
+                self._rewrite_span(request)
             elif isinstance(request, p.Unload):
                 self._unload()
                 self.emit(p.Unloaded(request.request_id))
@@ -315,6 +324,70 @@ class Engine:
         else:
             self.caches.drop(request.conversation_id)
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats))
+
+    def _rewrite_span(self, request: p.RewriteSpan) -> None:
+        """Re-denoises a span of a reply in place (`engine.rewrite`); the rest is held bit for bit."""
+        from engine.rewrite import SpanDraftReport, character_ranges, rewrite_span
+
+        request_id = request.request_id
+        if self.loaded is None:
+            raise EngineError("no_model_loaded", "No model is loaded yet: load one before rewriting.")
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": request.system_prompt})
+        pieces = self.pieces
+        emit = self.emit
+
+        def on_draft(report: SpanDraftReport) -> None:
+            emit(
+                p.SpanDraft(
+                    request_id,
+                    canvas_index=report.canvas_index,
+                    step_index=report.step_index,
+                    max_steps=report.max_steps,
+                    span_start=report.start,
+                    span_end=report.end,
+                    text=tokenizer.decode(report.token_ids, skip_special_tokens=True),
+                    pieces=pieces.of(report.token_ids),
+                    settled=report.settled,
+                    entropy=report.entropy_buckets,
+                )
+            )
+
+        try:
+            if self.cancels.is_cancelled(request_id):
+                result_ids, finish_reason, stats = list(request.reply_token_ids), "cancelled", None
+            else:
+                result = rewrite_span(
+                    model,
+                    tokenizer,
+                    messages,
+                    list(request.reply_token_ids),
+                    request.span_start,
+                    request.span_end,
+                    request.settings,
+                    instruction=request.instruction,
+                    on_draft=on_draft,
+                    should_stop=lambda: self.cancels.is_cancelled(request_id),
+                )
+                result_ids, finish_reason, stats = result.token_ids, result.finish_reason, result.stats
+        finally:
+            self.cancels.forget(request_id)
+        text, rewritten, kept = character_ranges(tokenizer, result_ids, request.span_start, request.span_end)
+        self.emit(
+            p.SpanRewritten(
+                request_id,
+                finish_reason=finish_reason,
+                text=text,
+                token_ids=result_ids,
+                span_start=request.span_start,
+                span_end=request.span_end,
+                rewritten=rewritten,
+                kept=kept,
+                stats=stats or p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0),
+            )
+        )
 
     def _emit_cancelled_before_start(self, request: p.Generate) -> None:
         self.cancels.forget(request.request_id)
