@@ -15,7 +15,6 @@ import collections
 import enum
 import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
+from app.child_python import child_python
 from engine import protocol
 from engine.protocol import (
     PROTOCOL_VERSION,
@@ -42,7 +42,12 @@ from engine.protocol import (
 log = logging.getLogger("canvas_chat.engine_client")
 worker_log = logging.getLogger("canvas_chat.engine")
 
-DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "engine", "serve")
+
+def worker_command() -> list[str]:
+    """How the worker is started: `python -m engine serve`, without a console window on Windows."""
+    return [child_python(), "-m", "engine", "serve"]
+
+
 DRAFT_INTERVAL_MS = 16  # ~60 drafts a second at most
 STDERR_TAIL_LINES = 50
 RESTART_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -137,7 +142,7 @@ class EngineClient(QObject):
         self,
         parent: QObject | None = None,
         *,
-        command: Sequence[str] = DEFAULT_COMMAND,
+        command: Sequence[str] | None = None,
         restart_delays_s: Sequence[float] = RESTART_DELAYS_S,
         draft_interval_ms: int = DRAFT_INTERVAL_MS,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
@@ -145,7 +150,7 @@ class EngineClient(QObject):
         auto_restart: bool = True,
     ) -> None:
         super().__init__(parent)
-        self._command = list(command)
+        self._command = list(command) if command is not None else worker_command()
         self._restart_delays_s = tuple(restart_delays_s)
         self.auto_restart = auto_restart
         self._state = EngineState.STOPPED

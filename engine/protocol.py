@@ -12,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
 PROTOCOL_VERSION = 2  # 2: rewrite_span, span_draft, span_rewritten
+# A longer line is refused unread: far more than a conversation at the model's 131,072 positions.
+MAX_LINE_BYTES = 16 * 2**20
 
 FinishReason = Literal["eos", "length", "cancelled"]
 RewriteFinish = Literal["rewritten", "cancelled"]
@@ -38,6 +41,55 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class SettingRange:
+    """The values a generation setting accepts, inclusive; the GUI's settings dialog uses the same."""
+
+    label: str
+    kind: type  # int or float
+    low: int | float
+    high: int | float
+
+    def problem(self, value: Any) -> str | None:
+        """A plain sentence when `value` is outside this range (or not a finite number), else None."""
+        if self.kind is int:
+            fits = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+            what = "a whole number"
+        else:
+            fits = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and self.low <= value <= self.high
+            )
+            what = "a number"
+        if fits:
+            return None
+        return f"{self.label} must be {what} from {_shown(self.low)} to {_shown(self.high)} (got {_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) < 10**30:
+            return f"{value:,}"
+        return "a number far too large" if value > 0 else "a number far too small"
+    return repr(value)
+
+
+# One copy of the accepted ranges (docs/protocol.md states them). max_new_tokens stops at the
+# real model's 131,072 positions; the seed is what torch.manual_seed takes.
+SETTING_RANGES: dict[str, SettingRange] = {
+    "max_new_tokens": SettingRange("max new tokens", int, 1, 131_072),
+    "max_denoising_steps": SettingRange("denoising steps", int, 1, 1024),
+    "entropy_bound": SettingRange("entropy bound", float, 0.001, 100.0),
+    "t_min": SettingRange("t_min", float, 0.0, 5.0),
+    "t_max": SettingRange("t_max", float, 0.0, 5.0),
+    "seed": SettingRange("seed", int, 0, 2**64 - 1),
+}
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """Per-request sampling settings; None means "the model folder's generation config"."""
 
@@ -51,20 +103,13 @@ class GenerationSettings:
     def problems(self) -> list[str]:
         """Human-readable reasons these settings cannot be used; empty when they are fine."""
         found = []
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            found.append(f"max new tokens must be positive (got {self.max_new_tokens})")
-        if self.max_denoising_steps is not None and self.max_denoising_steps <= 0:
-            found.append(f"denoising steps must be positive (got {self.max_denoising_steps})")
-        if self.entropy_bound is not None and self.entropy_bound <= 0:
-            found.append(f"entropy bound must be greater than 0 (got {self.entropy_bound})")
-        for name in ("t_min", "t_max"):
+        for name, accepted in SETTING_RANGES.items():
             value = getattr(self, name)
-            if value is not None and value < 0:
-                found.append(f"{name} must be 0 or more (got {value})")
-        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
+            problem = None if value is None else accepted.problem(value)
+            if problem:
+                found.append(problem)
+        if not found and self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
             found.append(f"t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max})")
-        if self.seed is not None and self.seed < 0:
-            found.append(f"seed must be 0 or more (got {self.seed})")
         return found
 
 
@@ -341,10 +386,7 @@ def encode(message: Any) -> str:
 
 def decode(line: str | bytes, allowed: dict[str, type] = MESSAGE_TYPES) -> Any:
     """Parses one line into a message dataclass; raises ProtocolError if it is not one."""
-    try:
-        payload = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    payload = _parse_json(line)
     if not isinstance(payload, dict):
         raise ProtocolError("a message must be a JSON object")
     type_tag = payload.pop("type", None)
@@ -357,11 +399,20 @@ def decode(line: str | bytes, allowed: dict[str, type] = MESSAGE_TYPES) -> Any:
 def request_id_of(line: str | bytes) -> str:
     """Best-effort request id of a line that failed to decode, so the error can refer to it."""
     try:
-        payload = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = _parse_json(line)
+    except ProtocolError:
         return ""
     value = payload.get("request_id") if isinstance(payload, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _parse_json(line: str | bytes) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ProtocolError("not JSON this receiver can read: nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more than 4,300 digits
+        raise ProtocolError(f"not JSON: {exc}") from None
 
 
 def _build(cls: type, payload: dict[str, Any], where: str) -> Any:

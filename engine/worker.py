@@ -46,10 +46,16 @@ def _draft_kind(event: Any) -> type | None:
 
 
 class EventChannel:
-    """Writes events on a thread of its own; a newer draft replaces one not yet written."""
+    """Writes events on a thread of its own; a newer draft replaces one not yet written.
 
-    def __init__(self, stream: IO[str]):
+    An event that cannot be encoded is replaced by an error for its request. When the stream
+    itself fails (the GUI is gone or its pipe broke) nothing more can be said: `on_failure` is
+    called once so the loop stops instead of serving a GUI that cannot hear it.
+    """
+
+    def __init__(self, stream: IO[str], on_failure: Callable[[str], None] = lambda reason: None):
         self._stream = stream
+        self._on_failure = on_failure
         self._pending: deque[Any] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -85,20 +91,56 @@ class EventChannel:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closed:
-                    self._condition.wait()
-                if not self._pending and self._closed:
+        try:
+            while True:
+                with self._condition:
+                    while not self._pending and not self._closed:
+                        self._condition.wait()
+                    if not self._pending and self._closed:
+                        return
+                    event = self._pending.popleft()
+                line = _encode_for_the_wire(event)
+                try:
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
+                except Exception as exc:
+                    self._fail(f"its event stream failed ({exc!r})")
                     return
-                event = self._pending.popleft()
-            if isinstance(event, DeferredDraft):
-                event = event.build()  # token decoding here, off the generation thread
-            try:
-                self._stream.write(p.encode(event) + "\n")
-                self._stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                return  # the parent is gone; the reader will see EOF and end the loop
+        except BaseException as exc:
+            log.critical("the event writer failed", exc_info=True)
+            self._fail(f"its event writer failed ({exc!r})")
+            raise
+
+    def _fail(self, reason: str) -> None:
+        with self._condition:
+            self._closed = True
+            self._pending.clear()
+        log.critical("the engine can no longer answer the GUI: %s", reason)
+        self._on_failure(reason)
+
+
+def _encode_for_the_wire(event: Any) -> str:
+    """One protocol line for `event`, or an error for its request when it cannot be encoded."""
+    try:
+        if isinstance(event, DeferredDraft):
+            event = event.build()  # token decoding here, off the generation thread
+        line = p.encode(event)
+    except Exception as exc:
+        log.exception("an event could not be encoded: %.200r", event)
+        return p.encode(
+            p.Error(
+                str(getattr(event, "request_id", "")),
+                "internal",
+                "The engine produced an answer it could not send; try again.",
+                recoverable=True,
+                detail=repr(exc)[:500],
+            )
+        )
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate would break the write itself
+        line = line.encode("utf-8", "replace").decode("utf-8")
+    return line
 
 
 class CancelRegistry:
@@ -265,6 +307,7 @@ class Engine:
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
         plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
         pieces = self.pieces
         emit = self.emit
         defer = isinstance(getattr(emit, "__self__", None), EventChannel)
@@ -439,40 +482,73 @@ def _out_of_memory_message() -> str:
     )
 
 
+@dataclass(frozen=True)
+class IoFailure:
+    """Queued for the loop when a reader or writer thread died: the worker must exit."""
+
+    reason: str
+
+
 def read_requests(stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegistry, emit) -> None:
-    """Reader thread: decodes lines; cancels act at once, everything else is queued in order."""
-    for raw in iter(stdin.readline, b""):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            request = p.decode(line, p.REQUEST_TYPES)
-        except p.ProtocolError as exc:
-            log.warning("dropped a malformed request: %s", exc)
-            emit(
-                p.Error(
-                    p.request_id_of(line),
-                    "malformed_message",
-                    f"The engine could not read a request ({exc}).",
-                    recoverable=True,
-                )
-            )
-            continue
-        if isinstance(request, p.Cancel):
-            cancels.cancel(request.target_request_id)
-            continue
-        requests.put(request)
+    """Reader thread: decodes lines; cancels act at once, everything else is queued in order.
+
+    A line it cannot read, for whatever reason, is answered with `malformed_message` and
+    skipped; if reading itself fails the loop is told, so the worker exits instead of going deaf.
+    """
+    try:
+        while True:
+            raw = stdin.readline(p.MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > p.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                _skip_rest_of_line(stdin)
+                _refuse_line(emit, "", f"a line longer than {p.MAX_LINE_BYTES // 2**20} MiB")
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                request = p.decode(line, p.REQUEST_TYPES)
+            except Exception as exc:  # ProtocolError, and anything a hostile line might still raise
+                _refuse_line(emit, p.request_id_of(line), str(exc) if isinstance(exc, p.ProtocolError) else repr(exc))
+                continue
+            if isinstance(request, p.Cancel):
+                cancels.cancel(request.target_request_id)
+                continue
+            requests.put(request)
+    except BaseException as exc:
+        log.critical("the request reader failed", exc_info=True)
+        cancels.everything.set()
+        requests.put(IoFailure(f"it could no longer read requests ({exc!r})"))
+        return
     log.info("stdin closed: the GUI is gone, shutting down")
     cancels.everything.set()
     requests.put(None)
 
 
+def _skip_rest_of_line(stdin: IO[bytes]) -> None:
+    while True:
+        chunk = stdin.readline(2**20)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _refuse_line(emit, request_id: str, reason: str) -> None:
+    log.warning("dropped a malformed request: %.300s", reason)
+    emit(p.Error(request_id, "malformed_message", f"The engine could not read a request ({reason:.300}).", recoverable=True))
+
+
 def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
-    channel = EventChannel(stdout)
-    if test_switches.wants_garbage_stdout():
-        channel.write_raw("this line is not JSON (test switch)")
     cancels = CancelRegistry()
     requests: queue.Queue = queue.Queue()
+
+    def writer_failed(reason: str) -> None:
+        cancels.everything.set()
+        requests.put(IoFailure(reason))
+
+    channel = EventChannel(stdout, on_failure=writer_failed)
+    if test_switches.wants_garbage_stdout():
+        channel.write_raw("this line is not JSON (test switch)")
     engine = Engine(channel.send, cancels)
     reader = threading.Thread(
         target=read_requests, args=(stdin, requests, cancels, channel.send), name="request-reader", daemon=True
@@ -483,6 +559,11 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
         while True:
             request = requests.get()
             if request is None:
+                break
+            if isinstance(request, IoFailure):
+                log.critical("engine stopping: %s", request.reason)
+                channel.send(p.Error("", "internal", f"The engine stopped: {request.reason}.", recoverable=False))
+                status = EXIT_FATAL
                 break
             outcome = engine.handle(request)
             if outcome is not None:

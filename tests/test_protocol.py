@@ -79,7 +79,9 @@ def test_settings_problems_are_plain_sentences():
     assert p.GenerationSettings().problems() == []
     problems = p.GenerationSettings(max_new_tokens=0, t_min=0.8, t_max=0.4).problems()
     assert problems == [
-        "max new tokens must be positive (got 0)",
+        "max new tokens must be a whole number from 1 to 131,072 (got 0)",
+    ]
+    assert p.GenerationSettings(t_min=0.8, t_max=0.4).problems() == [
         "t_max must be greater than t_min (got t_min=0.8, t_max=0.4)",
     ]
 

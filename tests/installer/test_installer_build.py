@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -27,12 +28,59 @@ pytestmark = [
 ]
 
 
-def _build(out_dir: Path, *extra: str) -> Path:
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory) -> Path:
+    """A new machine's Python: a fresh venv with pip, a setuptools older than 69 and no wheel.
+
+    build.sh must bring its own build backend (the project asks for setuptools>=69 and wheel).
+    Skips when it cannot get the pinned uv wheel: neither cached nor downloadable (offline).
+    """
+    venv = tmp_path_factory.mktemp("fresh-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    if _version_of(python, "setuptools") is None or _version_of(python, "setuptools") >= (69,):
+        subprocess.run([python, "-m", "pip", "install", "-q", "setuptools<69"], check=True, capture_output=True, timeout=300)
+    assert _version_of(python, "setuptools") < (69,) and _version_of(python, "wheel") is None
+    uv_pin = re.search(r"(?m)^uv==(\S+)", (INSTALLER / "uv-windows.txt").read_text(encoding="utf-8")).group(1)
+    downloads = INSTALLER / "build" / "downloads"
+    if not (downloads / f"uv-{uv_pin}-py3-none-win_amd64.whl").exists():
+        fetched = subprocess.run(
+            [python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--platform", "win_amd64",
+             "--require-hashes", "-r", str(INSTALLER / "uv-windows.txt"), "-d", str(downloads)],
+            capture_output=True, text=True, timeout=300,
+        )
+        if fetched.returncode != 0:
+            pytest.skip(
+                f"the pinned uv wheel (uv=={uv_pin}, win_amd64) is not cached in installer/build/downloads "
+                f"and PyPI could not be reached to fetch it: {fetched.stderr.strip().splitlines()[-1:]}"
+            )
+    backend = subprocess.run(
+        [python, "-m", "pip", "download", "-q", "--no-deps", "-d", str(venv / "backend"), "setuptools>=69", "wheel"],
+        capture_output=True, text=True, timeout=300,
+    )
+    if backend.returncode != 0:
+        pytest.skip(
+            "the wheel's isolated build needs setuptools>=69 and wheel from PyPI (or pip's cache), "
+            f"and neither could be reached: {backend.stderr.strip().splitlines()[-1:]}"
+        )
+    return python
+
+
+def _version_of(python: Path, package: str) -> tuple[int, ...] | None:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return None
+    return tuple(int(part) for part in re.findall(r"\d+", proc.stdout)[:3])
+
+
+def _build(python: Path, out_dir: Path, *extra: str) -> Path:
     proc = subprocess.run(
         ["bash", str(INSTALLER / "build.sh"), "--out", str(out_dir), *extra],
         capture_output=True,
         text=True,
         timeout=900 * TIMEOUT_SCALE,
+        env={**os.environ, "PYTHON": str(python)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (setup,) = out_dir.glob("CanvasChat-Setup-*.exe")
@@ -40,8 +88,8 @@ def _build(out_dir: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup_exe(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("installer"))
+def setup_exe(fresh_python, tmp_path_factory) -> Path:
+    return _build(fresh_python, tmp_path_factory.mktemp("installer"))
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +147,8 @@ def test_app_wheel_carries_the_packages_and_a_windowed_launcher(payload):
     shutil.which("wine64") is None and not Path("/usr/lib/wine/wine64").exists(),
     reason="wine64 missing: apt-get install wine64 wine",
 )
-def test_wine_silent_install_upgrade_uninstall(setup_exe, tmp_path):
-    newer = _build(tmp_path / "newer", "--version", "99.0.0", "--fast")
+def test_wine_silent_install_upgrade_uninstall(setup_exe, fresh_python, tmp_path):
+    newer = _build(fresh_python, tmp_path / "newer", "--version", "99.0.0", "--fast")
     proc = subprocess.run(
         ["bash", str(INSTALLER / "wine_smoke_test.sh"), str(setup_exe), str(newer)],
         capture_output=True,
