@@ -88,7 +88,8 @@ APP_WHEEL=$(cd "$STAGE/payload" && ls canvas_chat-"$VERSION"-*.whl)
 
 echo "== bootstrap, pins, icon"
 cp "$HERE/bootstrap.py" "$STAGE/"
-cp "$HERE"/pins/requirements.txt "$HERE"/pins/requirements-torch-cu128.txt "$HERE"/pins/requirements-torch-cpu.txt "$STAGE/payload/"
+cp "$HERE"/pins/requirements.txt "$HERE"/pins/requirements-torch-cu128.txt "$HERE"/pins/requirements-torch-cpu.txt \
+    "$HERE"/pins/requirements-triton-cu128.txt "$STAGE/payload/"
 if [ -f "$ROOT/resources/icons/canvas-chat.ico" ]; then
     cp "$ROOT/resources/icons/canvas-chat.ico" "$STAGE/canvas-chat.ico"
 else
