@@ -45,9 +45,12 @@ class OpCensus(TorchDispatchMode):
         self.temp_bytes = 0
         self.largest_temps: Counter[str] = Counter()
         self.in_host_read = 0
+        self.paused = 0  # inside a Triton launch (under TRITON_INTERPRET=1 it runs torch ops on the CPU)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         name = func._schema.name
         out = func(*args, **kwargs)
         if name == "aten::_local_scalar_dense":
@@ -83,7 +86,7 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _HOST_READS:
+        if func in _HOST_READS and not self.census.paused:
             self.census.host_syncs[f"Tensor.{func.__name__}"] += 1
             self.census.in_host_read += 1
             try:
@@ -111,8 +114,33 @@ def _tensors(value):
 @contextlib.contextmanager
 def census():
     counts = OpCensus()
-    with HostReads(counts), counts:
+    with HostReads(counts), counts, _triton_launches_count_once(counts):
         yield counts
+
+
+@contextlib.contextmanager
+def _triton_launches_count_once(counts: OpCensus):
+    """Each launch of the fused NF4 kernel (engine/kernels) is one op, whatever runs inside it."""
+    try:
+        from engine.kernels import nf4_moe
+    except ImportError:
+        yield
+        return
+    original = nf4_moe._launch
+
+    def launch(*args, **kwargs):
+        counts.ops["triton::nf4_gemm"] += 1
+        counts.paused += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            counts.paused -= 1
+
+    nf4_moe._launch = launch
+    try:
+        yield
+    finally:
+        nf4_moe._launch = original
 
 
 class ExpertTemporaries:
@@ -159,12 +187,11 @@ def build_model(*, hidden_size: int, vocab_size: int | None, canvas_length: int 
     model.model.encoder.vision_tower = None
     model.model.encoder.embed_vision = None
     quantize_model(model, "nf4")
-    if experts != "canvas_nf4":
-        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-        if experts not in ALL_EXPERTS_FUNCTIONS:
-            raise SystemExit(f"no experts implementation named {experts!r}; registered: {', '.join(ALL_EXPERTS_FUNCTIONS)}")
-        model.set_experts_implementation(experts)
+    if experts not in ALL_EXPERTS_FUNCTIONS:
+        raise SystemExit(f"no experts implementation named {experts!r}; registered: {', '.join(ALL_EXPERTS_FUNCTIONS)}")
+    model.set_experts_implementation(experts)
     return model, real
 
 
@@ -262,6 +289,7 @@ def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_leng
         "expert_bf16_temp_bytes": 2 * dense_per_forward,
         "expert_bf16_temp_bytes_full_size": 2 * full_elements,
         "expert_dequantize_calls_per_forward": experts_seen.calls,
+        "triton_launches_per_forward": per_forward.ops.get("triton::nf4_gemm", 0),
         "temp_bytes_per_forward": per_forward.temp_bytes,
         "ops_per_step": sum(per_step.ops.values()),
         "host_syncs_per_step": sum(per_step.host_syncs.values()),

@@ -77,3 +77,18 @@ def test_an_unknown_experts_implementation_is_named_in_the_error():
     result = subprocess.run([PYTHON, "-m", "bench", "profile-forward", *TINY, "--experts", "no_such_kernel"],
                             capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT, timeout=600)
     assert result.returncode != 0 and "no_such_kernel" in result.stderr and "canvas_nf4" in result.stderr
+
+
+def test_the_fused_kernel_path_has_no_host_sync_and_counts_each_launch_once():
+    """`--experts canvas_nf4_fused` (engine/kernels, run by Triton's interpreter on the CPU): no host
+    sync in a whole step, no dense expert temporaries, two kernel launches per layer."""
+    pytest.importorskip("triton")
+    result = subprocess.run([PYTHON, "-m", "bench", "profile-forward", "--json", *TINY, "--experts", "canvas_nf4_fused"],
+                            capture_output=True, text=True, env=python_env(TRITON_INTERPRET="1"), cwd=REPO_ROOT,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr
+    fused = json.loads(result.stdout)
+    assert fused["experts_implementation"] == "canvas_nf4_fused"
+    assert fused["host_syncs_per_forward"] == 0 and fused["host_syncs_per_step"] == 0
+    assert fused["expert_bf16_temp_bytes"] == 0
+    assert fused["triton_launches_per_forward"] == 2 * fused["shape"]["layers"]
