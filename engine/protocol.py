@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-PROTOCOL_VERSION = 2  # 2: rewrite_span, span_draft, span_rewritten
+PROTOCOL_VERSION = 3  # 2: rewrite_span, span_draft, span_rewritten; 3: the local API server, thinking
 # A longer line is refused unread: far more than a conversation at the model's 131,072 positions.
 MAX_LINE_BYTES = 16 * 2**20
 
@@ -158,6 +158,7 @@ class Generate:
     system_prompt: str = ""
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     reuse_cache: bool = True
+    thinking: bool = False  # open the model's thought channel (Gemma 4's <|think|>)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,24 @@ class Shutdown:
 @dataclass(frozen=True)
 class ProbeHardware:
     TYPE: ClassVar[str] = "probe_hardware"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StartApiServer:
+    """Serve the loaded model over HTTP (OpenAI wire format); see docs/api.md."""
+
+    TYPE: ClassVar[str] = "start_api_server"
+    request_id: str
+    host: str = "127.0.0.1"
+    port: int = 1234
+    token: str = ""  # required for any non-loopback host
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StopApiServer:
+    TYPE: ClassVar[str] = "stop_api_server"
     request_id: str
 
 
@@ -275,6 +294,7 @@ class Done:
     text: str
     token_ids: list[int]
     stats: GenerationStats
+    reasoning: str = ""  # the thought channel, when thinking was on
 
 
 @dataclass(frozen=True)
@@ -331,7 +351,39 @@ class Unloaded:
     request_id: str
 
 
-Request = Union[Hello, LoadModel, Generate, RewriteSpan, Cancel, Unload, Shutdown, ProbeHardware]
+@dataclass(frozen=True)
+class ApiServerStarted:
+    TYPE: ClassVar[str] = "api_server_started"
+    request_id: str
+    base_url: str  # e.g. http://127.0.0.1:1234/v1
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ApiServerStopped:
+    TYPE: ClassVar[str] = "api_server_stopped"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ApiRequestLogged:
+    """One finished HTTP request, for the GUI's live request log (request_id: the StartApiServer's)."""
+
+    TYPE: ClassVar[str] = "api_request_logged"
+    request_id: str
+    method: str
+    path: str
+    status: int  # HTTP status; 499 when the client hung up
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+Request = Union[
+    Hello, LoadModel, Generate, RewriteSpan, Cancel, Unload, Shutdown, ProbeHardware, StartApiServer, StopApiServer
+]
 Event = Union[
     Ready,
     LoadProgress,
@@ -344,6 +396,9 @@ Event = Union[
     Error,
     HardwareReport,
     Unloaded,
+    ApiServerStarted,
+    ApiServerStopped,
+    ApiRequestLogged,
 ]
 
 REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}

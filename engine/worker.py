@@ -174,6 +174,8 @@ class Engine:
         self.cancels = cancels
         self.loaded = None
         self.pieces: _PieceTable | None = None
+        self.submit = None  # puts a request on the loop's queue; set by whoever runs the loop
+        self.api_server = None  # engine.api.server.ApiServer while the local server is on
         from engine.conversations import ConversationCaches
 
         self.caches = ConversationCaches()
@@ -196,6 +198,8 @@ class Engine:
                 self.emit(p.Unloaded(request.request_id))
             elif isinstance(request, p.ProbeHardware):
                 self._probe_hardware(request)
+            elif isinstance(request, (p.StartApiServer, p.StopApiServer)) or _is_api_job(request):
+                self._handle_api(request)
             elif isinstance(request, p.Shutdown):
                 return EXIT_OK
         except EngineError as exc:
@@ -306,7 +310,10 @@ class Engine:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
-        plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        if request.thinking:
+            plan = _thinking_plan(tokenizer, messages)
+        else:
+            plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
         log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
         pieces = self.pieces
         emit = self.emit
@@ -332,12 +339,16 @@ class Engine:
 
             def on_canvas(self, report: CanvasReport) -> None:
                 committed.extend(report.token_ids)
+                if request.thinking:
+                    reply_text = _answer_of(tokenizer, plan.full_ids, committed)
+                else:
+                    reply_text = tokenizer.decode(committed, skip_special_tokens=True)
                 emit(
                     p.CanvasCommitted(
                         request_id,
                         canvas_index=report.canvas_index,
                         text=tokenizer.decode(report.token_ids, skip_special_tokens=True),
-                        reply_text=tokenizer.decode(committed, skip_special_tokens=True),
+                        reply_text=reply_text,
                         token_count=len(report.token_ids),
                         steps=report.steps,
                     )
@@ -360,13 +371,20 @@ class Engine:
         finally:
             self.cancels.forget(request_id)
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        if result.finish_reason == "eos":
+        reasoning = ""
+        if request.thinking:
+            from engine.chat_format import parse_reply
+
+            parsed = parse_reply(tokenizer, plan.full_ids, result.token_ids)
+            text, reasoning = parsed.get("content") or "", parsed.get("reasoning_content") or ""
+            self.caches.drop(request.conversation_id)  # a thinking turn re-renders differently next time
+        elif result.finish_reason == "eos":
             self.caches.remember(
                 tokenizer, request.conversation_id, messages, text, plan.full_ids, result.token_ids, result.past_key_values
             )
         else:
             self.caches.drop(request.conversation_id)
-        self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats))
+        self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats, reasoning))
 
     def _rewrite_span(self, request: p.RewriteSpan) -> None:
         """Re-denoises a span of a reply in place (`engine.rewrite`); the rest is held bit for bit."""
@@ -437,6 +455,62 @@ class Engine:
         stats = p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0)
         self.emit(p.Done(request.request_id, "cancelled", "", [], stats))
 
+    # -- the local API server (engine/api): requests queue here with the GUI's ---------------
+
+    def _handle_api(self, request: Any) -> None:
+        if isinstance(request, p.StartApiServer):
+            self.start_api_server(request)
+        elif isinstance(request, p.StopApiServer):
+            self.stop_api_server()
+            self.emit(p.ApiServerStopped(request.request_id))
+        else:
+            from engine.api.jobs import run_api_job
+
+            run_api_job(self, request)
+
+    def start_api_server(self, request: p.StartApiServer):
+        from engine.api.server import ApiServer, BindRefused
+
+        self.stop_api_server()
+        if self.submit is None:
+            raise EngineError("internal", "The engine loop cannot take HTTP requests.")
+        emit, start_id = self.emit, request.request_id
+
+        def record(entry) -> None:
+            emit(p.ApiRequestLogged(start_id, entry.method, entry.path, entry.status, entry.prompt_tokens,
+                                    entry.completion_tokens, entry.tokens_per_s, entry.wall_s))
+
+        try:
+            self.api_server = ApiServer(
+                submit=self.submit,
+                cancel=self.cancels.cancel,
+                model_id=self._api_model_id,
+                record=record,
+                host=request.host,
+                port=request.port,
+                token=request.token,
+                cors_origins=tuple(request.cors_origins),
+            )
+        except BindRefused as exc:
+            raise EngineError(exc.code, exc.message) from None
+        server = self.api_server
+        log.info("local API server listening on %s", server.base_url)
+        self.emit(p.ApiServerStarted(request.request_id, server.base_url, server.host, server.port))
+        return server
+
+    def stop_api_server(self) -> None:
+        if self.api_server is not None:
+            self.api_server.stop()
+            self.api_server = None
+
+    def _api_model_id(self) -> str | None:
+        loaded = self.loaded  # read from the server thread: one attribute read, no torch
+        if loaded is None:
+            return None
+        from pathlib import Path
+
+        return Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source
+
     def _probe_hardware(self, request: p.ProbeHardware) -> None:
         try:
             from engine.hardware import probe
@@ -467,6 +541,26 @@ class _PieceTable:
             for token, text in zip(missing, self.tokenizer.batch_decode([[t] for t in missing])):
                 cache[token] = text
         return [cache[t] for t in token_ids]
+
+
+def _thinking_plan(tokenizer, messages: list[dict[str, str]]):
+    """A thinking turn is encoded whole: the template renders it unlike any cached history."""
+    from engine.chat_format import encode_chat
+    from engine.conversations import PromptPlan
+
+    ids = encode_chat(tokenizer, messages, thinking=True)
+    return PromptPlan(ids, ids, None, 0)
+
+
+def _answer_of(tokenizer, prompt_ids: list[int], reply_ids: list[int]) -> str:
+    """The answer so far without the thought channel (which Done carries as `reasoning`)."""
+    from engine.chat_format import parse_reply
+
+    return parse_reply(tokenizer, prompt_ids, reply_ids).get("content") or ""
+
+
+def _is_api_job(request: Any) -> bool:
+    return type(request).__name__ == "ApiJob" and type(request).__module__ == "engine.api.jobs"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -550,6 +644,7 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
     if test_switches.wants_garbage_stdout():
         channel.write_raw("this line is not JSON (test switch)")
     engine = Engine(channel.send, cancels)
+    engine.submit = requests.put
     reader = threading.Thread(
         target=read_requests, args=(stdin, requests, cancels, channel.send), name="request-reader", daemon=True
     )
@@ -574,6 +669,7 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
         channel.send(p.Error("", "internal", f"The engine stopped: {exc}", recoverable=False))
         status = EXIT_FATAL
     finally:
+        engine.stop_api_server()
         channel.close()
     return status
 
