@@ -29,6 +29,22 @@ EXIT_FATAL = 1
 EXIT_PROTOCOL_MISMATCH = 3
 
 
+@dataclass(frozen=True)
+class DeferredDraft:
+    """A draft whose text is decoded by the writer thread, and only if no newer draft replaced it."""
+
+    request_id: str
+    canvas_index: int
+    build: Callable[[], p.Draft]
+
+
+def _draft_kind(event: Any) -> type | None:
+    """Drafts that supersede each other: a deferred draft is a Draft not yet decoded."""
+    if isinstance(event, DeferredDraft):
+        return p.Draft
+    return type(event) if isinstance(event, (p.Draft, p.SpanDraft)) else None
+
+
 class EventChannel:
     """Writes events on a thread of its own; a newer draft replaces one not yet written.
 
@@ -52,8 +68,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, (p.Draft, p.SpanDraft))
-                and type(last) is type(event)
+                _draft_kind(event) is not None
+                and _draft_kind(last) is _draft_kind(event)
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -106,6 +122,8 @@ class EventChannel:
 def _encode_for_the_wire(event: Any) -> str:
     """One protocol line for `event`, or an error for its request when it cannot be encoded."""
     try:
+        if isinstance(event, DeferredDraft):
+            event = event.build()  # token decoding here, off the generation thread
         line = p.encode(event)
     except Exception as exc:
         log.exception("an event could not be encoded: %.200r", event)
@@ -306,12 +324,13 @@ class Engine:
         )
         pieces = self.pieces
         emit = self.emit
+        defer = isinstance(getattr(emit, "__self__", None), EventChannel)
         committed: list[int] = []
 
         class Observer(StepObserver):
             def on_step(self, report: StepReport) -> None:
-                emit(
-                    p.Draft(
+                def build() -> p.Draft:
+                    return p.Draft(
                         request_id,
                         canvas_index=report.canvas_index,
                         step_index=report.step_index,
@@ -321,7 +340,9 @@ class Engine:
                         settled=report.settled,
                         entropy=report.entropy_buckets,
                     )
-                )
+
+                # The event writer decodes it on its own thread; any other receiver gets it built.
+                emit(DeferredDraft(request_id, report.canvas_index, build) if defer else build())
 
             def on_canvas(self, report: CanvasReport) -> None:
                 committed.extend(report.token_ids)
