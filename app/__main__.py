@@ -83,7 +83,7 @@ def run_window(args: argparse.Namespace) -> int:
     from app.worker.engine_client import EngineClient
     from app.window.main_window import MainWindow
     from app.settings import load_settings
-    from app.chat.messages.store import ChatStore, StoreError
+    from app.chat.store import ChatStore, StoreError
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Canvas Chat")

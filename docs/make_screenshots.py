@@ -80,7 +80,7 @@ def main() -> int:
     from app.worker.engine_client import EngineClient
     from app.window.main_window import MainWindow
     from app.settings import Settings
-    from app.chat.messages.store import ChatStore
+    from app.chat.store import ChatStore
 
     qt_app = QApplication(sys.argv[:1])
     settings = Settings(theme="light", seed=0)

@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from app.chat.messages.messages import DEFAULT_TITLE
-from app.chat.messages.qt_models import MessageRole, TranscriptListModel
-from app.chat.messages.controller import ConversationController, title_from
+from app.chat.messages import DEFAULT_TITLE
+from app.chat.qt_models import MessageRole, TranscriptListModel
+from app.chat.controller import ConversationController, title_from
 from app.worker.engine_client import EngineClient, EngineState
-from app.chat.messages.replay import decode_frames
+from app.chat.replay import decode_frames
 from app.settings import Settings
-from app.chat.messages.store import ChatStore
+from app.chat.store import ChatStore
 from engine.protocol import CanvasCommitted
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY

@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt
 from app.transcript.canvas_paint import NOISE_GLYPH
 from app.worker.engine_client import EngineClient, EngineState
 from app.window.main_window import MainWindow
-from app.chat.messages.store import ChatStore
+from app.chat.store import ChatStore
 from tests.conftest import REPO_ROOT, timeout_ms
 from tests.gui.window_helpers import (
     TEST_SETTINGS,

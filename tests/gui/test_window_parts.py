@@ -11,14 +11,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.transcript.canvas_paint import FADE_LEVELS, FADE_S, NOISE_CELL, NOISE_GLYPH, CanvasAnimation, layout_canvas
-from app.chat.messages.messages import DraftState, Message
+from app.chat.messages import DraftState, Message
 from app.window.composer import Composer
 from app.worker.engine_client import EngineClient, EngineState
 from app.window.main_window import MainWindow
 from app.transcript.markdown_render import MarkdownRenderer
 from app.settings import PRESETS, Settings
 from app.window.settings_dialog import SettingsDialog
-from app.chat.messages.store import ChatStore
+from app.chat.store import ChatStore
 from app.theme import DARK, LIGHT, resolve_theme
 from app.transcript.delegate import stats_line
 from tests.conftest import PYTHON, python_env
@@ -217,7 +217,7 @@ def test_the_gui_process_never_imports_torch_or_transformers():
         "import sys, os; os.environ['QT_QPA_PLATFORM']='offscreen'\n"
         "import app.__main__, app.window.main_window, app.self_test, app.transcript.view\n"
         "from PySide6.QtWidgets import QApplication; a = QApplication([])\n"
-        "from app.window.main_window import MainWindow; from app.chat.messages.store import ChatStore\n"
+        "from app.window.main_window import MainWindow; from app.chat.store import ChatStore\n"
         "from app.worker.engine_client import EngineClient; from app.settings import Settings\n"
         "w = MainWindow(Settings(), ChatStore(), EngineClient()); w.show(); a.processEvents()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"

@@ -245,7 +245,7 @@ def qtbot_button():
 def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot, tiny_model_dir, no_nvidia_smi):
     from app.worker.engine_client import EngineClient
     from app.window.main_window import MainWindow
-    from app.chat.messages.store import ChatStore
+    from app.chat.store import ChatStore
 
     store = ChatStore()
     client = EngineClient()
