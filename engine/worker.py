@@ -285,19 +285,13 @@ class Engine:
                 should_stop=lambda: self.cancels.is_cancelled(request_id),
                 past_key_values=plan.past_key_values,
                 cached_tokens=plan.cached_tokens,
+                keep_prefix=plan.keep_prefix,
             )
-        except BaseException:
-            self.caches.drop(request.conversation_id)
-            raise
         finally:
             self.cancels.forget(request_id)
+        # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
+        self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        if result.finish_reason == "eos":
-            self.caches.remember(
-                tokenizer, request.conversation_id, messages, text, plan.full_ids, result.token_ids, result.past_key_values
-            )
-        else:
-            self.caches.drop(request.conversation_id)
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats))
 
     def _emit_cancelled_before_start(self, request: p.Generate) -> None:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from engine import protocol as p
-from tests.worker_process import WorkerProcess, assistant, new_id, user
+from tests.worker_process import WorkerProcess, new_id, user
 
 # Forced through the real denoising loop; about 30 tokens, so two canvases of 16.
 TWO_CANVAS_REPLY = "Paris is the capital of France, and Rome is the capital of Italy."
@@ -110,40 +110,6 @@ def test_cancel_mid_canvas_stops_within_one_step_and_the_worker_stays_usable(tin
     _, after = generate(process, [user("And now?")], seed=2, max_new_tokens=16)
     assert isinstance(after[-1], p.Done) and after[-1].finish_reason in ("eos", "length")
     assert process.close() == 0
-
-
-def test_second_turn_with_cache_equals_reencoding_the_whole_conversation(worker):
-    conversation = new_id()
-    first_question = [user("What are the capitals?")]
-    _, first = generate(worker, first_question, conversation, seed=3, max_new_tokens=64)
-    reply = first[-1].text
-    follow_up = [*first_question, assistant(reply), user("And the capital of Spain?")]
-
-    cached_request = p.Generate(new_id(), follow_up, conversation, settings=p.GenerationSettings(seed=11, max_new_tokens=64))
-    cached = worker.request(cached_request)[-1]
-    assert cached.stats.cached_tokens > 0, "the follow-up did not reuse the conversation's cache"
-    assert cached.stats.cached_tokens < cached.stats.prompt_tokens
-
-    # The same conversation again, but encoded from scratch.
-    other = new_id()
-    generate(worker, first_question, other, seed=3, max_new_tokens=64)
-    fresh_request = p.Generate(
-        new_id(), follow_up, other, settings=p.GenerationSettings(seed=11, max_new_tokens=64), reuse_cache=False
-    )
-    fresh = worker.request(fresh_request)[-1]
-    assert fresh.stats.cached_tokens == 0
-    assert fresh.stats.prompt_tokens == cached.stats.prompt_tokens
-    assert fresh.token_ids == cached.token_ids
-
-
-def test_edited_history_is_reencoded_not_served_from_a_stale_cache(worker):
-    conversation = new_id()
-    question = [user("What are the capitals?")]
-    _, first = generate(worker, question, conversation, seed=3, max_new_tokens=64)
-    edited = [*question, assistant(first[-1].text + " (edited)"), user("Really?")]
-    _, second = generate(worker, edited, conversation, seed=4, max_new_tokens=64)
-    assert isinstance(second[-1], p.Done)
-    assert second[-1].stats.cached_tokens == 0
 
 
 @pytest.mark.parametrize(
