@@ -7,24 +7,43 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TIMEOUT_SCALE
+from tests.conftest import REPO_ROOT, TIMEOUT_SCALE, tool_missing
 
 INSTALLER = REPO_ROOT / "installer"
 VERSION = re.search(r'(?m)^version = "([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")).group(1)
-MISSING_TOOLS = [tool for tool in ("makensis", "7z", "file") if shutil.which(tool) is None]
+DOWNLOADS = INSTALLER / "build" / "downloads"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING_TOOLS),
-        reason=f"{', '.join(MISSING_TOOLS)} missing: apt-get install nsis p7zip-full file",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+def wine64() -> str | None:
+    """Debian's wine64 (what installer/wine_smoke_test.sh and .ci/run look for)."""
+    return shutil.which("wine64") or ("/usr/lib/wine/wine64" if Path("/usr/lib/wine/wine64").exists() else None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_tools():
+    """makensis, 7z and file, and the pinned uv.exe wheel (downloaded once, then cached)."""
+    missing = [tool for tool in ("makensis", "7z", "file") if shutil.which(tool) is None]
+    if missing:
+        tool_missing(f"{', '.join(missing)} missing: apt-get install nsis p7zip-full file")
+    pin = re.search(r"(?m)^uv==(\S+)", (INSTALLER / "uv-windows.txt").read_text(encoding="utf-8")).group(1)
+    if not (DOWNLOADS / f"uv-{pin}-py3-none-win_amd64.whl").exists():
+        # What build.sh would do; offline and not cached, the build cannot run at all.
+        fetch = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--only-binary=:all:", "--platform", "win_amd64", "--require-hashes",
+             "-r", str(INSTALLER / "uv-windows.txt"), "-d", str(DOWNLOADS)],
+            capture_output=True, text=True, timeout=300 * TIMEOUT_SCALE,
+        )
+        if fetch.returncode != 0:
+            tool_missing(f"uv {pin} for Windows is not in {DOWNLOADS} and PyPI cannot be reached: {fetch.stderr.strip()[-300:]}")
 
 
 def _build(out_dir: Path, *extra: str) -> Path:
@@ -33,6 +52,8 @@ def _build(out_dir: Path, *extra: str) -> Path:
         capture_output=True,
         text=True,
         timeout=900 * TIMEOUT_SCALE,
+        # The interpreter running the tests builds the wheel, not whatever python3 is on PATH.
+        env={**os.environ, "PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (setup,) = out_dir.glob("CanvasChat-Setup-*.exe")
@@ -95,11 +116,9 @@ def test_app_wheel_carries_the_packages_and_a_windowed_launcher(payload):
 
 
 @pytest.mark.skipif(os.environ.get("CANVAS_CHAT_WINE_SMOKE") != "1", reason="wine smoke test is opt-in: CANVAS_CHAT_WINE_SMOKE=1")
-@pytest.mark.skipif(
-    shutil.which("wine64") is None and not Path("/usr/lib/wine/wine64").exists(),
-    reason="wine64 missing: apt-get install wine64 wine",
-)
 def test_wine_silent_install_upgrade_uninstall(setup_exe, tmp_path):
+    if wine64() is None:
+        tool_missing("wine64 missing: apt-get install wine64 wine")
     newer = _build(tmp_path / "newer", "--version", "99.0.0", "--fast")
     proc = subprocess.run(
         ["bash", str(INSTALLER / "wine_smoke_test.sh"), str(setup_exe), str(newer)],
