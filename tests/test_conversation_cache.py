@@ -108,6 +108,11 @@ def test_an_edited_history_reuses_only_the_prefix_that_still_matches(model_worke
     # The edit changes tokens after the cached prefix (the first user turn): that prefix is still good.
     second = _generate(worker, edited, conversation, 4)
     assert 0 < second.stats.cached_tokens < second.stats.prompt_tokens
+    # Regenerate (the same messages again) starts from the same prefix and gives stock's tokens.
+    again = _generate(worker, edited, conversation, 5)
+    assert again.stats.prompt_tokens == second.stats.prompt_tokens
+    assert second.stats.cached_tokens < again.stats.cached_tokens < again.stats.prompt_tokens
+    assert again.token_ids == _generate(worker, edited, "", 5).token_ids
     # A different first message shares nothing past <bos> and the turn marker: not served from the cache.
     other = [user("Something else entirely"), assistant("ok"), user("Really?")]
     third = _generate(worker, other, conversation, 4)

@@ -108,7 +108,8 @@ def test_cancel_mid_canvas_stops_within_one_step_and_the_worker_stays_usable(tin
     with WorkerProcess(CANVAS_CHAT_TEST_STEP_DELAY="0.3") as process:
         process.hello()
         process.load(tiny_model_dir)
-        request = p.Generate(new_id(), [user("Tell me a long story")], settings=p.GenerationSettings(seed=1, max_new_tokens=64))
+        story = [user("Tell me a long story")]
+        request = p.Generate(new_id(), story, "chat-1", settings=p.GenerationSettings(seed=1, max_new_tokens=64))
         process.send(request)
         first = process.next_event()
         assert isinstance(first, p.Draft) and first.canvas_index == 0
@@ -119,8 +120,10 @@ def test_cancel_mid_canvas_stops_within_one_step_and_the_worker_stays_usable(tin
         # The cancel arrives during the step after the first draft: at most one more step runs.
         assert len([e for e in events if isinstance(e, p.Draft)]) <= 1
         assert not [e for e in events if isinstance(e, p.CanvasCommitted)]
-        _, after = generate(process, [user("And now?")], seed=2, max_new_tokens=16)
+        # Retrying the stopped turn starts from the conversation's cache, which the cancel left intact.
+        _, after = generate(process, story, "chat-1", seed=2, max_new_tokens=16)
         assert isinstance(after[-1], p.Done) and after[-1].finish_reason in ("eos", "length")
+        assert 0 < after[-1].stats.cached_tokens < after[-1].stats.prompt_tokens
         assert process.close() == 0
 
 
