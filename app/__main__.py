@@ -31,6 +31,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def prepare_streams() -> None:
+    """Gives a windowed start somewhere to write, and the crash handler a file when there is no console.
+
+    Started from its Windows shortcut (pythonw) the app has `sys.stdout` and `sys.stderr` set
+    to None, and faulthandler, logging, warnings and tqdm all fail on those.
+    """
+    windowed = sys.stderr is None
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+    if not windowed:
+        faulthandler.enable(sys.stderr)
+        return
+    from app import paths
+
+    try:
+        crash_file = open(paths.crash_log_path(), "a", encoding="utf-8")  # noqa: SIM115  (lives as long as the process)
+    except OSError:
+        return
+    crash_file.write(f"--- Canvas Chat started at {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})\n")
+    crash_file.flush()
+    faulthandler.enable(crash_file)
+
+
 def setup_logging() -> None:
     from app import paths
 
@@ -43,6 +67,7 @@ def setup_logging() -> None:
     stream.setLevel(logging.WARNING)
     stream.setFormatter(formatter)
     root.addHandler(stream)
+    logging.captureWarnings(True)
     try:
         handler = logging.FileHandler(paths.log_path(), encoding="utf-8")
     except OSError:
@@ -89,14 +114,17 @@ def run_window(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    faulthandler.enable()
+    prepare_streams()
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    log.info("Canvas Chat starting (pid %s%s)", os.getpid(), ", self-test" if args.self_test else "")
     if args.self_test:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         from app.self_test import run_self_test
 
-        return run_self_test(args, STARTED_AT)
-    setup_logging()
+        status = run_self_test(args, STARTED_AT)
+        log.info("self-test ended with status %s", status)
+        return status
     return run_window(args)
 
 

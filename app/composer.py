@@ -129,6 +129,7 @@ class Composer(QFrame):
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.send_button)
 
+        self._buttons = buttons
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 8, 16, 8)
         layout.setSpacing(6)
@@ -137,6 +138,10 @@ class Composer(QFrame):
         layout.addLayout(buttons)
         self._can_regenerate = False
         self._update_buttons()
+
+    def add_option(self, widget) -> None:
+        """A per-chat option (such as the thinking toggle) on the left of the buttons row."""
+        self._buttons.insertWidget(0, widget)
 
     # -- state from the window
 

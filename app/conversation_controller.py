@@ -105,6 +105,8 @@ class ConversationController(QObject):
         # whole messages whose insert failed, and fields of stored messages whose update failed.
         self._unsaved: dict[str, Message] = {}
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
+        # The thinking toggle, per conversation ("" = the chat not created yet); this session only.
+        self._thinking: dict[str, bool] = {}
         self._client_hooks = [
             (client.draft_received, self._on_client_draft_received),
             (client.draft_arrived, self._on_client_draft_arrived),
@@ -142,10 +144,20 @@ class ConversationController(QObject):
 
     # ------------------------------------------------------------------ conversations
 
+    @property
+    def thinking(self) -> bool:
+        """Whether replies in the open conversation think first (the model's thought channel)."""
+        return self._thinking.get(self.current_conversation_id, False)
+
+    def set_thinking(self, enabled: bool) -> None:
+        self._thinking[self.current_conversation_id] = enabled
+
     def new_conversation(self) -> Conversation | None:
         conversation = self._write(self.store.create_conversation)
         if conversation is None:
             return None
+        if self.current_conversation_id == "" and self._thinking.pop("", False):
+            self._thinking[conversation.id] = True  # toggled before the first message
         self.conversations.insert(0, conversation)
         self.open_conversation(conversation.id)
         return conversation
@@ -262,7 +274,11 @@ class ConversationController(QObject):
         reply = Message(role="assistant", content="", conversation_id=conversation_id, status="streaming")
         self._add(reply)
         request_id = self.client.generate(
-            conversation_id, history, self.settings.system_prompt, self.settings.generation_settings()
+            conversation_id,
+            history,
+            self.settings.system_prompt,
+            self.settings.generation_settings(),
+            thinking=self._thinking.get(conversation_id, False),
         )
         self._active = _ActiveReply(request_id, reply, ReplayRecorder())
         self.reply_started.emit(reply.id)
@@ -305,6 +321,8 @@ class ConversationController(QObject):
             return
         stats = dataclasses.asdict(done.stats)
         stats["finish_reason"] = done.finish_reason
+        if done.reasoning:
+            stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"
         content = done.text or self._active.message.content
         self._finish_reply(status, content, stats=stats)

@@ -15,7 +15,6 @@ import collections
 import enum
 import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
+from app.child_python import child_python
 from engine import protocol
 from engine.protocol import (
     PROTOCOL_VERSION,
@@ -42,7 +42,12 @@ from engine.protocol import (
 log = logging.getLogger("canvas_chat.engine_client")
 worker_log = logging.getLogger("canvas_chat.engine")
 
-DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "engine", "serve")
+
+def worker_command() -> list[str]:
+    """How the worker is started: `python -m engine serve`, without a console window on Windows."""
+    return [child_python(), "-m", "engine", "serve"]
+
+
 DRAFT_INTERVAL_MS = 16  # ~60 drafts a second at most
 STDERR_TAIL_LINES = 50
 RESTART_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -132,12 +137,17 @@ class EngineClient(QObject):
     generation_interrupted = Signal(str)
     error_received = Signal(object)
     worker_crashed = Signal(int, list)
+    # The local API server (docs/api.md): started/stopped/failed, and one event per HTTP request.
+    api_server_started = Signal(object)
+    api_server_stopped = Signal()
+    api_server_failed = Signal(object)
+    api_request_logged = Signal(object)
 
     def __init__(
         self,
         parent: QObject | None = None,
         *,
-        command: Sequence[str] = DEFAULT_COMMAND,
+        command: Sequence[str] | None = None,
         restart_delays_s: Sequence[float] = RESTART_DELAYS_S,
         draft_interval_ms: int = DRAFT_INTERVAL_MS,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
@@ -145,7 +155,7 @@ class EngineClient(QObject):
         auto_restart: bool = True,
     ) -> None:
         super().__init__(parent)
-        self._command = list(command)
+        self._command = list(command) if command is not None else worker_command()
         self._restart_delays_s = tuple(restart_delays_s)
         self.auto_restart = auto_restart
         self._state = EngineState.STOPPED
@@ -168,6 +178,7 @@ class EngineClient(QObject):
         self._load_request_id: str | None = None
         self._model_info: ModelLoaded | None = None
         self._generations: dict[str, _Generation] = {}
+        self._api_server: protocol.StartApiServer | None = None  # wanted on; resent after a restart
         self.last_exit_code: int | None = None
 
         self._pending_drafts: dict[str, Draft] = {}
@@ -249,6 +260,7 @@ class EngineClient(QObject):
         messages: Iterable[Any],
         system_prompt: str = "",
         settings: Any = None,
+        thinking: bool = False,
     ) -> str:
         """Queues a reply; returns its request id. Results arrive through the signals."""
         if settings is None:
@@ -263,6 +275,7 @@ class EngineClient(QObject):
             conversation_id=conversation_id,
             system_prompt=system_prompt,
             settings=generation_settings,
+            thinking=thinking,
         )
         self._generations[request.request_id] = _Generation(request)
         if self._process is None and not self._restart_pending:
@@ -295,6 +308,37 @@ class EngineClient(QObject):
         if request_id not in self._cancel_deadlines:
             self._cancel_deadlines[request_id] = time.monotonic() + self._cancel_timeout_s
             self._arm_cancel_timer()
+
+    # ------------------------------------------------------------------ the local API server
+
+    def start_api_server(self, port: int, token: str = "", host: str = "127.0.0.1") -> str:
+        """Serves the loaded model over HTTP; ends in api_server_started or api_server_failed."""
+        request = protocol.StartApiServer(request_id=f"api-{uuid.uuid4().hex[:8]}", host=host, port=port, token=token)
+        self._api_server = request
+        if self._handshaken:
+            self._send(request)  # otherwise sent right after the handshake
+        return request.request_id
+
+    def stop_api_server(self) -> None:
+        if self._api_server is None:
+            return
+        self._api_server = None
+        if not self._send(protocol.StopApiServer(request_id=f"api-stop-{uuid.uuid4().hex[:8]}")):
+            QTimer.singleShot(0, self, self.api_server_stopped.emit)  # no worker: nothing is serving
+
+    @property
+    def api_server_wanted(self) -> bool:
+        return self._api_server is not None
+
+    def _on_event_api_server_started(self, event: protocol.ApiServerStarted) -> None:
+        if self._api_server is not None and event.request_id == self._api_server.request_id:
+            self.api_server_started.emit(event)
+
+    def _on_event_api_server_stopped(self, _event: protocol.ApiServerStopped) -> None:
+        self.api_server_stopped.emit()
+
+    def _on_event_api_request_logged(self, event: protocol.ApiRequestLogged) -> None:
+        self.api_request_logged.emit(event)
 
     def restart(self) -> None:
         """Manual restart (the crash banner's button): a fresh worker, the model reloaded."""
@@ -577,6 +621,8 @@ class EngineClient(QObject):
         self._restart_pending = False
         log.info("engine worker ready (engine %s, pid %d)", event.engine_version, event.pid)
         self.handshake_completed.emit(event)
+        if self._api_server is not None:
+            self._send(self._api_server)  # a restarted worker serves again
         if self._model_request is not None:
             self._send_load()
         self._flush_outbox()
@@ -640,6 +686,11 @@ class EngineClient(QObject):
     def _on_event_error(self, event: Error) -> None:
         if not event.recoverable:
             self._fatal_error = event  # the worker exits next; no automatic restart
+        if self._api_server is not None and event.request_id == self._api_server.request_id:
+            self._api_server = None
+            log.info("local API server not started: %s", event.message)  # shown in its window
+            self.api_server_failed.emit(event)
+            return
         if event.request_id in self._generations:
             self._fail_generation(event)
             return

@@ -38,6 +38,8 @@ from app.engine_client import EngineClient, EngineState
 from app.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
 from app.settings_dialog import SettingsDialog
+from app.local_server import LocalServerDialog, attach_local_server
+from app.thought_channel import attach_thinking_toggle
 from app.sidebar import Sidebar
 from app.store import ChatStore
 from app.theme import ThemeColors, apply_theme, resolve_theme
@@ -296,6 +298,8 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self._connect()
+        self.local_server = attach_local_server(self)
+        self.thinking_toggle = attach_thinking_toggle(self)
         self.apply_settings(settings, save=False)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
@@ -330,6 +334,7 @@ class MainWindow(QMainWindow):
         self.restart_action = self._action("&Restart the engine", self.client.restart, None, "restartAction")
         self.model_setup_action = self._action("&Model setup\u2026", self.open_model_setup, None, "modelSetupAction")
         self.model_setup_action.setEnabled(importlib.util.find_spec("app.model_setup") is not None)
+        self.local_server_action = self._action("&Local server\u2026", self.open_local_server, None, "localServerAction")
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -337,6 +342,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.new_chat_action)
         file_menu.addSeparator()
         file_menu.addAction(self.settings_action)
+        file_menu.addAction(self.local_server_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         chat_menu = bar.addMenu("&Chat")
@@ -620,6 +626,11 @@ class MainWindow(QMainWindow):
             self._settings_dialog.finished.connect(self._on_settings_dialog_finished)
         self._settings_dialog.open()
         return self._settings_dialog
+
+    def open_local_server(self) -> LocalServerDialog:
+        self.local_server.show()
+        self.local_server.raise_()
+        return self.local_server
 
     def _on_settings_dialog_settings_accepted(self, settings: Settings) -> None:
         self.apply_settings(settings)

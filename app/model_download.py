@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
+from app.child_python import child_python
+from engine.hub_cache import hub_cache_dir
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 log = logging.getLogger("canvas_chat.download")
@@ -137,18 +139,6 @@ class DownloadPlan:
 
     def present_bytes(self) -> int:
         return sum(r.size if self.is_complete(r) else self.partial_bytes(r) for r in self.files)
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
-    environment now (its constants are fixed when it is first imported)."""
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def fetch_plan(repo_id: str, revision: str = "main", *, token: str | None = None, cache_dir: Path | None = None) -> DownloadPlan:
@@ -834,10 +824,8 @@ class ModelDownload(QObject):
         self._buffer = b""
         self._stderr_tail.clear()
         process = QProcess(self)
-        args = ["-m", "app.model_download", "--repo", self.repo_id, "--revision", self.revision]
-        if self.cache_dir:
-            args += ["--cache-dir", self.cache_dir]
-        process.setProgram(sys.executable)
+        program, *args = self.command()
+        process.setProgram(program)
         process.setArguments(args)
         process.setProcessEnvironment(self._environment())
         process.readyReadStandardOutput.connect(self._on_process_stdout)
@@ -847,6 +835,13 @@ class ModelDownload(QObject):
         self._process = process
         self._set_state("running")
         process.start()
+
+    def command(self) -> list[str]:
+        """The download process's command line; no console window on Windows."""
+        command = [child_python(), "-m", "app.model_download", "--repo", self.repo_id, "--revision", self.revision]
+        if self.cache_dir:
+            command += ["--cache-dir", self.cache_dir]
+        return command
 
     def resume(self) -> None:
         self.start(self._token)

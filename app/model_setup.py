@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -37,6 +38,7 @@ from PySide6.QtWidgets import (
 from app import hardware_fallback
 from app.model_download import REAL_MODEL_ID, DownloadProgress, ModelDownload, format_bytes, hub_cache_dir
 from app.model_folder import FolderCheck, check_model_folder
+from engine.hub_cache import find_partial_downloads, remove_partial_downloads
 
 log = logging.getLogger("canvas_chat.model_setup")
 
@@ -211,6 +213,17 @@ class ModelSetupDialog(QDialog):
         inner.addWidget(self.download_status)
         self.progress_label.setVisible(False)
         self.download_status.setVisible(False)
+
+        partials_row = QHBoxLayout()
+        self.partials_label = QLabel("", box)
+        self.partials_label.setObjectName("partialDownloadsLabel")
+        self.partials_label.setWordWrap(True)
+        self.clean_partials_button = QPushButton("Clean up\u2026", box)
+        self.clean_partials_button.setObjectName("cleanPartialsButton")
+        self.clean_partials_button.clicked.connect(self._on_clean_partials_button_clicked)
+        partials_row.addWidget(self.partials_label, 1)
+        partials_row.addWidget(self.clean_partials_button)
+        inner.addLayout(partials_row)
         return box
 
     def _build_folder(self) -> QWidget:
@@ -401,6 +414,43 @@ class ModelSetupDialog(QDialog):
         self.pause_button.setEnabled(state == "running")
         self.cancel_button.setEnabled(state in ("running", "pausing") or state in ("paused", "failed"))
         self.use_download_button.setEnabled(downloaded and not running)
+        self._refresh_partial_downloads()
+
+    def _refresh_partial_downloads(self) -> None:
+        """Partial files that interrupted downloads left in the cache, with the space they take."""
+        partials = find_partial_downloads()
+        total = sum(partial.size for partial in partials)
+        self.partials_label.setText(
+            f"{len(partials)} partial download{'' if len(partials) == 1 else 's'}, {format_bytes(total)}, "
+            "left in the Hugging Face cache by interrupted downloads."
+        )
+        busy = self.download.state in ("running", "pausing", "cancelling")
+        self.partials_label.setVisible(bool(partials))
+        self.clean_partials_button.setVisible(bool(partials))
+        self.clean_partials_button.setEnabled(not busy)
+
+    def _on_clean_partials_button_clicked(self) -> None:
+        partials = find_partial_downloads()
+        if not partials:
+            self._refresh_partial_downloads()
+            return
+        total = format_bytes(sum(partial.size for partial in partials))
+        answer = QMessageBox.question(
+            self,
+            "Clean up partial downloads",
+            f"Delete {len(partials)} partial download file{'' if len(partials) == 1 else 's'} ({total})? "
+            "A paused download of them starts over. Downloads in progress are not touched.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        cleanup = remove_partial_downloads()
+        message = f"Removed {cleanup.removed} partial download file{'' if cleanup.removed == 1 else 's'}, freeing {format_bytes(cleanup.freed_bytes)}."
+        if cleanup.failed:
+            message += " Could not remove: " + "; ".join(cleanup.failed[:3])
+        self._status(message, error=bool(cleanup.failed))
+        self._refresh_download_buttons()
 
     def _has_partial_download(self) -> bool:
         blobs = hub_cache_dir() / ("models--" + REAL_MODEL_ID.replace("/", "--")) / "blobs"

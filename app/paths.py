@@ -16,6 +16,7 @@ HOME_ENV = "CANVAS_CHAT_HOME"
 DATABASE_NAME = "chats.sqlite3"
 SETTINGS_NAME = "settings.json"
 LOG_NAME = "canvas-chat.log"
+CRASH_LOG_NAME = "crash.log"  # faulthandler's tracebacks when there is no console to show them
 
 
 def _home_override() -> Path | None:
@@ -68,3 +69,7 @@ def settings_path() -> Path:
 
 def log_path() -> Path:
     return log_dir() / LOG_NAME
+
+
+def crash_log_path() -> Path:
+    return log_dir() / CRASH_LOG_NAME

@@ -69,6 +69,8 @@ class Settings:
     model: str | None = None  # a folder or hub id; None: the default model
     device: DeviceName = "auto"
     quantization: QuantizationName = "auto"
+    api_port: int = 1234  # the local API server (Model > Local server); it is off until turned on
+    api_token: str = ""
 
     def with_preset(self, name: str) -> Settings:
         """These settings with a named preset's sampling values (or just marked custom)."""
@@ -163,6 +165,8 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "model": lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
     "device": lambda v: v in DEVICE_NAMES,
     "quantization": lambda v: v in QUANTIZATION_NAMES,
+    "api_port": lambda v: _is_int(v) and 1 <= v <= 65535,
+    "api_token": lambda v: isinstance(v, str),
 }
 
 

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import PRESETS, Settings
+from engine.protocol import SETTING_RANGES
 
 PRESET_LABELS = {"fast": "Fast", "balanced": "Balanced", "quality": "Quality", "custom": "Custom"}
 THEME_LABELS = {"system": "Follow the system", "light": "Light", "dark": "Dark"}
@@ -51,19 +52,19 @@ class SettingsDialog(QDialog):
         for name in ("fast", "balanced", "quality", "custom"):
             self.preset.addItem(PRESET_LABELS[name], name)
         self.steps = QSpinBox(self)
-        self.steps.setRange(1, 512)
+        self.steps.setRange(*_bounds("max_denoising_steps"))
         self.entropy_bound = QDoubleSpinBox(self)
-        self.entropy_bound.setRange(0.001, 100.0)
+        self.entropy_bound.setRange(*_bounds("entropy_bound"))
         self.entropy_bound.setDecimals(3)
         self.entropy_bound.setSingleStep(0.05)
         self.t_min = QDoubleSpinBox(self)
-        self.t_min.setRange(0.0, 5.0)
+        self.t_min.setRange(*_bounds("t_min"))
         self.t_min.setSingleStep(0.05)
         self.t_max = QDoubleSpinBox(self)
-        self.t_max.setRange(0.0, 5.0)
+        self.t_max.setRange(*_bounds("t_max"))
         self.t_max.setSingleStep(0.05)
         self.max_new_tokens = QSpinBox(self)
-        self.max_new_tokens.setRange(16, 32768)
+        self.max_new_tokens.setRange(16, _bounds("max_new_tokens")[1])
         self.max_new_tokens.setSingleStep(256)
         self.max_new_tokens.setSuffix(" tokens")
 
@@ -181,3 +182,8 @@ class SettingsDialog(QDialog):
         self.settings_accepted.emit(self.edited_settings())
         self.accept()
 
+
+def _bounds(name: str) -> tuple:
+    """The engine's accepted range for a sampling setting (one copy, in engine.protocol)."""
+    accepted = SETTING_RANGES[name]
+    return accepted.low, accepted.high

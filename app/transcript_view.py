@@ -59,6 +59,7 @@ from app.canvas_paint import FADE_LEVELS, FADE_S, CanvasAnimation, CanvasSegment
 from app.qt_models import MessageRole
 from app.replay import ReplayError, ReplayPlayer
 from app.theme import LIGHT, ThemeColors
+from app.thought_channel import THOUGHT_SCHEME, reasoning_of, with_thought
 
 if typing.TYPE_CHECKING:
     from app.markdown_render import RenderedMarkdown
@@ -205,6 +206,9 @@ class TranscriptDelegate(QStyledItemDelegate):
         row = self._view.animated_row(message.id)
         if row is not None and row.replay:
             return row.committed_text
+        reasoning = reasoning_of(message)
+        if reasoning:
+            return with_thought(message.content, reasoning, message.id in self._view.expanded_thoughts)
         return message.content
 
     def document_for(self, message: Any, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:
@@ -528,6 +532,7 @@ class TranscriptView(QListView):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self.expanded_thoughts: set[str] = set()  # replies whose thought channel is open
         self.setObjectName("transcriptView")
         self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -898,7 +903,18 @@ class TranscriptView(QListView):
                 if editor is not None:
                     self._delegate.setEditorData(editor, QModelIndex(self._editor_index))
 
+    def toggle_thought(self, message_id: str) -> None:
+        """Expands or collapses a reply's thought channel."""
+        self.expanded_thoughts ^= {message_id}
+        self.scheduleDelayedItemsLayout()  # the row's height changes
+        self.viewport().update()
+
     def open_anchor(self, index: QPersistentModelIndex, href: str) -> None:
+        if href.startswith(THOUGHT_SCHEME + ":"):
+            message = message_of(QModelIndex(index))
+            if message is not None:
+                self.toggle_thought(message.id)
+            return
         if href.startswith(COPY_CODE_SCHEME + ":"):
             message = message_of(QModelIndex(index))
             if message is None:

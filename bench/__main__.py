@@ -55,16 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MKL_NUM_THREADS"] = str(threads)
 
     from bench import suite
-    from bench.chart import draw
+    from bench.chart import HOW_TO_GET_CHARTS, can_draw, draw
 
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     chart = args.chart or args.out.with_suffix(".png")
+    drawing = can_draw()
+    if not drawing:
+        logging.getLogger("bench").warning("%s; the results JSON is written all the same", HOW_TO_GET_CHARTS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict, complete: bool) -> None:
         results = {**results, "command": command, "complete": complete}
         args.out.write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
-        if results.get("dtypes"):
+        if drawing and results.get("dtypes"):
             draw(results, chart)
 
     dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip()) if args.dtypes else None
@@ -73,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         on_progress=lambda partial: write(partial, complete=False),
     )
     write(results, complete=True)
-    print(f"wrote {args.out} and {chart}", file=sys.stderr)
+    if drawing:
+        print(f"wrote {args.out} and {chart}", file=sys.stderr)
+    else:
+        print(f"wrote {args.out}; {HOW_TO_GET_CHARTS}", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,16 @@ from pathlib import Path
 from typing import Any
 
 COLOURS = {"bf16": "#1f77b4", "nf4": "#d62728", "fp32": "#2ca02c"}
+HOW_TO_GET_CHARTS = 'no chart: matplotlib is not installed (pip install ".[bench]" adds it)'
+
+
+def can_draw() -> bool:
+    """matplotlib comes with the bench extra only; without it the results JSON is still written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def draw(results: dict[str, Any], path: Path) -> Path:

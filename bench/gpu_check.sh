@@ -9,6 +9,9 @@
 #     in the 15 minutes. Results are written after each precision: a cut run keeps what it measured.
 #     To measure only some precisions: BENCH_DTYPES=nf4 bash bench/gpu_check.sh run
 #     A one-minute smoke test of the same path on tiny models: BENCH_SIZE=small bash bench/gpu_check.sh run
+#     The fused NF4 kernel case (one full-size decoder forward: NF4 stock vs fused kernel vs bf16,
+#     and tokens/s at 16 steps per canvas; ~4 minutes):
+#         run(command="bash bench/gpu_check.sh fused", carry=[".whl"], timeout_s=420)
 #  3. Here: copy the JSON and PNG from the reply's files_at into bench/results/ and fill the table
 #     in bench/README.md.
 #
@@ -52,8 +55,8 @@ PY
     exit 0
 fi
 
-if [ "$mode" != "run" ]; then
-    echo "usage: bash bench/gpu_check.sh prepare|run" >&2
+if [ "$mode" != "run" ] && [ "$mode" != "fused" ]; then
+    echo "usage: bash bench/gpu_check.sh prepare|run|fused" >&2
     exit 2
 fi
 
@@ -72,6 +75,24 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/nvidia-smi.csv" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" || exit 1
 python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" || echo "no bitsandbytes: NF4 will be skipped" >&2
+
+# The fused NF4 kernel case: python -m bench.fused_kernel (smoke test here: BENCH_SIZE=small BENCH_DEVICE=cpu).
+fused_kernel_case() {
+    local size="${BENCH_SIZE:-full}" slug
+    slug="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed -e 's/NVIDIA //' -e 's/[^A-Za-z0-9]\+/-/g' -e 's/-$//' | tr 'A-Z' 'a-z')"
+    local name="fused-kernel-${slug:-unknown}-$size"
+    python3 -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused variants will be skipped" >&2
+    timeout --signal=INT --kill-after=20 "${BENCH_TIME_LIMIT:-330}" \
+        python3 -m bench.fused_kernel --size "$size" --device "${BENCH_DEVICE:-cuda}" --json >"$OUT/$name.json" 2>"$OUT/$name.log"
+    local status=$?
+    tail -n 30 "$OUT/$name.log"; cat "$OUT/$name.json"
+    echo "fused kernel case exit status: $status"
+    return "$status"
+}
+if [ "$mode" = "fused" ]; then
+    fused_kernel_case
+    exit $?
+fi
 
 suite="${BENCH_SUITE:-gpu}"
 size="${BENCH_SIZE:-full}"

@@ -1,4 +1,4 @@
-"""Command line of the engine: `python -m engine serve|generate|plan|hardware`."""
+"""Command line of the engine: `python -m engine serve|generate|rewrite|api|plan|hardware`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 SUBCOMMANDS = {
     "serve": ("engine.worker", "main", "run the worker process (JSON lines on stdin/stdout)"),
     "generate": ("engine.cli", "generate_main", "one-shot headless generation"),
+    "rewrite": ("engine.cli", "rewrite_main", "re-denoise a character span of a reply in place"),
+    "api": ("engine.api.headless", "main", "local OpenAI-compatible server (docs/api.md)"),
     "plan": ("engine.planner", "cli_main", "will a model fit this GPU? (memory planner)"),
     "hardware": ("engine.hardware", "cli_main", "what this PC has: GPU, VRAM, RAM, disk"),
 }

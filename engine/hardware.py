@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.hub_cache import hub_cache_dir
+
 log = logging.getLogger("canvas_chat.engine.hardware")
 
 REPORT_SCHEMA = 1
@@ -212,18 +214,6 @@ def disk_space(path: str | os.PathLike[str]) -> tuple[str, int | None, int | Non
     except OSError:
         return str(folder), None, None
     return str(folder), int(usage.free), int(usage.total)
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
-    environment now (its constants are fixed when it is first imported)."""
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def real_model_downloaded(cache_dir: Path | None = None) -> bool:

@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 3  # 2: rewrite_span, span_draft, span_rewritten; 3: the local API server, thinking
+# A longer line is refused unread: far more than a conversation at the model's 131,072 positions.
+MAX_LINE_BYTES = 16 * 2**20
 
 FinishReason = Literal["eos", "length", "cancelled"]
+RewriteFinish = Literal["rewritten", "cancelled"]
 ENTROPY_BUCKETS = 4  # 0 = confident ... 3 = very uncertain
 
 
@@ -37,6 +41,55 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class SettingRange:
+    """The values a generation setting accepts, inclusive; the GUI's settings dialog uses the same."""
+
+    label: str
+    kind: type  # int or float
+    low: int | float
+    high: int | float
+
+    def problem(self, value: Any) -> str | None:
+        """A plain sentence when `value` is outside this range (or not a finite number), else None."""
+        if self.kind is int:
+            fits = isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+            what = "a whole number"
+        else:
+            fits = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and self.low <= value <= self.high
+            )
+            what = "a number"
+        if fits:
+            return None
+        return f"{self.label} must be {what} from {_shown(self.low)} to {_shown(self.high)} (got {_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) < 10**30:
+            return f"{value:,}"
+        return "a number far too large" if value > 0 else "a number far too small"
+    return repr(value)
+
+
+# One copy of the accepted ranges (docs/protocol.md states them). max_new_tokens stops at the
+# real model's 131,072 positions; the seed is what torch.manual_seed takes.
+SETTING_RANGES: dict[str, SettingRange] = {
+    "max_new_tokens": SettingRange("max new tokens", int, 1, 131_072),
+    "max_denoising_steps": SettingRange("denoising steps", int, 1, 1024),
+    "entropy_bound": SettingRange("entropy bound", float, 0.001, 100.0),
+    "t_min": SettingRange("t_min", float, 0.0, 5.0),
+    "t_max": SettingRange("t_max", float, 0.0, 5.0),
+    "seed": SettingRange("seed", int, 0, 2**64 - 1),
+}
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """Per-request sampling settings; None means "the model folder's generation config"."""
 
@@ -50,20 +103,13 @@ class GenerationSettings:
     def problems(self) -> list[str]:
         """Human-readable reasons these settings cannot be used; empty when they are fine."""
         found = []
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            found.append(f"max new tokens must be positive (got {self.max_new_tokens})")
-        if self.max_denoising_steps is not None and self.max_denoising_steps <= 0:
-            found.append(f"denoising steps must be positive (got {self.max_denoising_steps})")
-        if self.entropy_bound is not None and self.entropy_bound <= 0:
-            found.append(f"entropy bound must be greater than 0 (got {self.entropy_bound})")
-        for name in ("t_min", "t_max"):
+        for name, accepted in SETTING_RANGES.items():
             value = getattr(self, name)
-            if value is not None and value < 0:
-                found.append(f"{name} must be 0 or more (got {value})")
-        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
+            problem = None if value is None else accepted.problem(value)
+            if problem:
+                found.append(problem)
+        if not found and self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
             found.append(f"t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max})")
-        if self.seed is not None and self.seed < 0:
-            found.append(f"seed must be 0 or more (got {self.seed})")
         return found
 
 
@@ -112,6 +158,22 @@ class Generate:
     system_prompt: str = ""
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     reuse_cache: bool = True
+    thinking: bool = False  # open the model's thought channel (Gemma 4's <|think|>)
+
+
+@dataclass(frozen=True)
+class RewriteSpan:
+    """Re-denoise reply tokens [span_start, span_end) in place; every other token is kept."""
+
+    TYPE: ClassVar[str] = "rewrite_span"
+    request_id: str
+    messages: list[ChatMessage]  # the conversation up to the user turn the reply answers
+    reply_token_ids: list[int]  # the reply as `done.token_ids` gave it
+    span_start: int  # token indices into reply_token_ids
+    span_end: int
+    instruction: str = ""
+    system_prompt: str = ""
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 @dataclass(frozen=True)
@@ -136,6 +198,24 @@ class Shutdown:
 @dataclass(frozen=True)
 class ProbeHardware:
     TYPE: ClassVar[str] = "probe_hardware"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StartApiServer:
+    """Serve the loaded model over HTTP (OpenAI wire format); see docs/api.md."""
+
+    TYPE: ClassVar[str] = "start_api_server"
+    request_id: str
+    host: str = "127.0.0.1"
+    port: int = 1234
+    token: str = ""  # required for any non-loopback host
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StopApiServer:
+    TYPE: ClassVar[str] = "stop_api_server"
     request_id: str
 
 
@@ -214,6 +294,38 @@ class Done:
     text: str
     token_ids: list[int]
     stats: GenerationStats
+    reasoning: str = ""  # the thought channel, when thinking was on
+
+
+@dataclass(frozen=True)
+class SpanDraft:
+    """One denoising step's view of the span being rewritten (latest wins, like `Draft`)."""
+
+    TYPE: ClassVar[str] = "span_draft"
+    request_id: str
+    canvas_index: int
+    step_index: int
+    max_steps: int
+    span_start: int  # the reply tokens this draft covers: the span's part in this canvas
+    span_end: int
+    text: str
+    pieces: list[str]
+    settled: list[bool]
+    entropy: list[int]
+
+
+@dataclass(frozen=True)
+class SpanRewritten:
+    TYPE: ClassVar[str] = "span_rewritten"
+    request_id: str
+    finish_reason: RewriteFinish
+    text: str  # the whole reply (unchanged when cancelled)
+    token_ids: list[int]
+    span_start: int
+    span_end: int
+    rewritten: list[int]  # [start, end) character offsets of the span in `text`
+    kept: list[list[int]]  # the [start, end) character ranges of `text` that were held
+    stats: GenerationStats
 
 
 @dataclass(frozen=True)
@@ -239,8 +351,55 @@ class Unloaded:
     request_id: str
 
 
-Request = Union[Hello, LoadModel, Generate, Cancel, Unload, Shutdown, ProbeHardware]
-Event = Union[Ready, LoadProgress, ModelLoaded, Draft, CanvasCommitted, Done, Error, HardwareReport, Unloaded]
+@dataclass(frozen=True)
+class ApiServerStarted:
+    TYPE: ClassVar[str] = "api_server_started"
+    request_id: str
+    base_url: str  # e.g. http://127.0.0.1:1234/v1
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ApiServerStopped:
+    TYPE: ClassVar[str] = "api_server_stopped"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ApiRequestLogged:
+    """One finished HTTP request, for the GUI's live request log (request_id: the StartApiServer's)."""
+
+    TYPE: ClassVar[str] = "api_request_logged"
+    request_id: str
+    method: str
+    path: str
+    status: int  # HTTP status; 499 when the client hung up
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+Request = Union[
+    Hello, LoadModel, Generate, RewriteSpan, Cancel, Unload, Shutdown, ProbeHardware, StartApiServer, StopApiServer
+]
+Event = Union[
+    Ready,
+    LoadProgress,
+    ModelLoaded,
+    Draft,
+    CanvasCommitted,
+    Done,
+    SpanDraft,
+    SpanRewritten,
+    Error,
+    HardwareReport,
+    Unloaded,
+    ApiServerStarted,
+    ApiServerStopped,
+    ApiRequestLogged,
+]
 
 REQUEST_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Request)}
 EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(Event)}
@@ -282,10 +441,7 @@ def encode(message: Any) -> str:
 
 def decode(line: str | bytes, allowed: dict[str, type] = MESSAGE_TYPES) -> Any:
     """Parses one line into a message dataclass; raises ProtocolError if it is not one."""
-    try:
-        payload = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    payload = _parse_json(line)
     if not isinstance(payload, dict):
         raise ProtocolError("a message must be a JSON object")
     type_tag = payload.pop("type", None)
@@ -298,11 +454,20 @@ def decode(line: str | bytes, allowed: dict[str, type] = MESSAGE_TYPES) -> Any:
 def request_id_of(line: str | bytes) -> str:
     """Best-effort request id of a line that failed to decode, so the error can refer to it."""
     try:
-        payload = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = _parse_json(line)
+    except ProtocolError:
         return ""
     value = payload.get("request_id") if isinstance(payload, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _parse_json(line: str | bytes) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ProtocolError("not JSON this receiver can read: nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more than 4,300 digits
+        raise ProtocolError(f"not JSON: {exc}") from None
 
 
 def _build(cls: type, payload: dict[str, Any], where: str) -> Any:

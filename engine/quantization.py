@@ -4,9 +4,9 @@ transformers' stock `BitsAndBytesConfig(load_in_4bit=True)` only converts untied
 3D experts (22.8 B of 25.8 B parameters) and the text weights the encoder shares with the decoder
 stay bf16. Here every text linear becomes a `bnb.nn.Linear4bit` (one module shared by encoder and
 decoder), every experts tensor an `NF4ExpertWeight`, and the experts run through an implementation
-registered in transformers' `ExpertsInterface` ("canvas_nf4") that dequantizes a few experts at a
-time (see docs/quantization.md for the measured choice). Embeddings, routers and norms stay in the
-model dtype.
+registered in transformers' `ExpertsInterface`: "canvas_nf4_fused" (engine/kernels: a Triton kernel that
+decodes NF4 inside the GEMMs) on CUDA GPUs with Triton, else "canvas_nf4", which dequantizes a few
+experts at a time (see docs/quantization.md). Embeddings, routers and norms stay in the model dtype.
 
 Written against transformers 5.23 (DiffusionGemmaTextExperts layout: gate_up_proj (E, 2I, H),
 down_proj (E, H, I)) and bitsandbytes 0.50.
@@ -14,14 +14,19 @@ down_proj (E, H, I)) and bitsandbytes 0.50.
 
 from __future__ import annotations
 
+import logging
 import os
+import types
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 NF4_EXPERTS_IMPLEMENTATION = "canvas_nf4"
+NF4_FUSED_EXPERTS_IMPLEMENTATION = "canvas_nf4_fused"
 QUANTIZED_METHODS = ("nf4", "nf4-double")
 
 # Modules whose nn.Linear stays unquantized: the vision side (loaded only on request and small), the
@@ -333,17 +338,108 @@ def _eager_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     return DiffusionGemmaTextExperts.forward.__wrapped__(self, hidden_states, top_k_index, top_k_weights)
 
 
+# Why the fused kernel stopped being used in this process (it failed once: every later call goes
+# straight to the stock path instead of failing again).
+_fused_failure: dict[str, str] = {}
+
+
+def _fall_back(kind: str, exc: BaseException) -> None:
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    _fused_failure[kind] = reason
+    log.warning("fused NF4 %s kernel failed (%s); using the dequantize-then-matmul path from now on", kind, reason)
+
+
+def nf4_fused_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                              top_k_weights: torch.Tensor) -> torch.Tensor:
+    """Experts forward through the fused Triton kernel (engine/kernels/nf4_moe.py); the stock NF4 path
+    where the weights are not NF4 or the kernel failed once (logged)."""
+    from engine.kernels import nf4_moe
+
+    gate_up, down = self.gate_up_proj, self.down_proj
+    activation = nf4_moe.activation_code(self.act_fn)
+    if "experts" not in _fused_failure and isinstance(gate_up, NF4ExpertWeight) and isinstance(down, NF4ExpertWeight) \
+            and activation is not None:
+        try:
+            return nf4_moe.fused_moe(hidden_states, top_k_index, top_k_weights, gate_up, down, activation)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a Triton compile or launch error: the stock path still works
+            _fall_back("experts", exc)
+    return nf4_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+
+
 def register_experts_implementation() -> None:
-    """Makes "canvas_nf4" a valid `experts_implementation` in transformers' ExpertsInterface."""
+    """Makes "canvas_nf4" and "canvas_nf4_fused" valid `experts_implementation`s in transformers' ExpertsInterface."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
     if NF4_EXPERTS_IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
         ALL_EXPERTS_FUNCTIONS.register(NF4_EXPERTS_IMPLEMENTATION, nf4_experts_forward)
+    if NF4_FUSED_EXPERTS_IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
+        ALL_EXPERTS_FUNCTIONS.register(NF4_FUSED_EXPERTS_IMPLEMENTATION, nf4_fused_experts_forward)
 
 
-def use_nf4_experts(model: nn.Module) -> None:
+def fused_kernel_unavailable_reason(model: nn.Module) -> str | None:
+    """Why `model`'s NF4 experts cannot use the fused kernel, or None when they can."""
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaTextExperts
+
+    from engine.kernels import nf4_moe
+
+    if nf4_moe.kernel_mode() == "off":
+        return "CANVAS_CHAT_NF4_KERNEL=off"
+    experts = next((m for m in model.modules() if isinstance(m, DiffusionGemmaTextExperts)
+                    and isinstance(m.gate_up_proj, NF4ExpertWeight)), None)
+    if experts is None:
+        return "the model has no NF4 experts"
+    if nf4_moe.activation_code(experts.act_fn) is None:
+        return f"no fused epilogue for the activation {type(experts.act_fn).__name__}"
+    return nf4_moe.unavailable_reason(experts.gate_up_proj.packed.device)
+
+
+def use_nf4_experts(model: nn.Module) -> str:
+    """Selects the fused experts kernel where it can run, else the stock NF4 path (logging why);
+    with CANVAS_CHAT_NF4_KERNEL=all also the fused text linears. Returns the implementation's name."""
     register_experts_implementation()
+    reason = fused_kernel_unavailable_reason(model)
+    if reason is None:
+        model.set_experts_implementation(NF4_FUSED_EXPERTS_IMPLEMENTATION)
+        log.info("NF4 experts: fused Triton kernel")
+        from engine.kernels import nf4_moe
+
+        if nf4_moe.kernel_mode() == "all":
+            use_fused_nf4_linears(model)
+        return NF4_FUSED_EXPERTS_IMPLEMENTATION
+    # Without a CUDA GPU the stock path is the expected one; on a GPU it costs speed, so say so louder.
+    on_gpu = any(b.device.type == "cuda" for b in model.buffers())
+    log.log(logging.WARNING if on_gpu and "=off" not in reason else logging.INFO,
+            "NF4 experts: dequantize-then-matmul path (fused kernel unavailable: %s)", reason)
     model.set_experts_implementation(NF4_EXPERTS_IMPLEMENTATION)
+    return NF4_EXPERTS_IMPLEMENTATION
+
+
+def _fused_linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from engine.kernels import nf4_moe
+
+    if "linear" not in _fused_failure:
+        try:
+            out = nf4_moe.fused_linear(self, x)
+            return out if self.bias is None else out + self.bias.to(out.dtype)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            _fall_back("linear", exc)
+    return type(self).forward(self, x)
+
+
+def use_fused_nf4_linears(model: nn.Module) -> int:
+    """Routes every NF4 `Linear4bit`'s forward through the fused kernel (the buffers stay bitsandbytes'
+    own, so saved copies and state dicts are unchanged). Returns how many modules it routed."""
+    bnb, _ = _bnb()
+    count = 0
+    for module in {id(m): m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}.values():
+        if module.weight.quant_type == "nf4" and getattr(module.weight, "quant_state", None) is not None:
+            module.forward = types.MethodType(_fused_linear_forward, module)
+            count += 1
+    return count
 
 
 # ---------------------------------------------------------------------------- whole models

@@ -14,6 +14,8 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -28,10 +30,16 @@ EXIT_PROTOCOL_MISMATCH = 3
 
 
 class EventChannel:
-    """Writes events on a thread of its own; a newer draft replaces one not yet written."""
+    """Writes events on a thread of its own; a newer draft replaces one not yet written.
 
-    def __init__(self, stream: IO[str]):
+    An event that cannot be encoded is replaced by an error for its request. When the stream
+    itself fails (the GUI is gone or its pipe broke) nothing more can be said: `on_failure` is
+    called once so the loop stops instead of serving a GUI that cannot hear it.
+    """
+
+    def __init__(self, stream: IO[str], on_failure: Callable[[str], None] = lambda reason: None):
         self._stream = stream
+        self._on_failure = on_failure
         self._pending: deque[Any] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -44,8 +52,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, p.Draft)
-                and isinstance(last, p.Draft)
+                isinstance(event, (p.Draft, p.SpanDraft))
+                and type(last) is type(event)
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -67,18 +75,54 @@ class EventChannel:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closed:
-                    self._condition.wait()
-                if not self._pending and self._closed:
+        try:
+            while True:
+                with self._condition:
+                    while not self._pending and not self._closed:
+                        self._condition.wait()
+                    if not self._pending and self._closed:
+                        return
+                    event = self._pending.popleft()
+                line = _encode_for_the_wire(event)
+                try:
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
+                except Exception as exc:
+                    self._fail(f"its event stream failed ({exc!r})")
                     return
-                event = self._pending.popleft()
-            try:
-                self._stream.write(p.encode(event) + "\n")
-                self._stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                return  # the parent is gone; the reader will see EOF and end the loop
+        except BaseException as exc:
+            log.critical("the event writer failed", exc_info=True)
+            self._fail(f"its event writer failed ({exc!r})")
+            raise
+
+    def _fail(self, reason: str) -> None:
+        with self._condition:
+            self._closed = True
+            self._pending.clear()
+        log.critical("the engine can no longer answer the GUI: %s", reason)
+        self._on_failure(reason)
+
+
+def _encode_for_the_wire(event: Any) -> str:
+    """One protocol line for `event`, or an error for its request when it cannot be encoded."""
+    try:
+        line = p.encode(event)
+    except Exception as exc:
+        log.exception("an event could not be encoded: %.200r", event)
+        return p.encode(
+            p.Error(
+                str(getattr(event, "request_id", "")),
+                "internal",
+                "The engine produced an answer it could not send; try again.",
+                recoverable=True,
+                detail=repr(exc)[:500],
+            )
+        )
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate would break the write itself
+        line = line.encode("utf-8", "replace").decode("utf-8")
+    return line
 
 
 class CancelRegistry:
@@ -112,6 +156,8 @@ class Engine:
         self.cancels = cancels
         self.loaded = None
         self.pieces: _PieceTable | None = None
+        self.submit = None  # puts a request on the loop's queue; set by whoever runs the loop
+        self.api_server = None  # engine.api.server.ApiServer while the local server is on
         from engine.conversations import ConversationCaches
 
         self.caches = ConversationCaches()
@@ -127,11 +173,15 @@ class Engine:
                 self._load(request)
             elif isinstance(request, p.Generate):
                 self._generate(request)
+            elif isinstance(request, p.RewriteSpan):
+                self._rewrite_span(request)
             elif isinstance(request, p.Unload):
                 self._unload()
                 self.emit(p.Unloaded(request.request_id))
             elif isinstance(request, p.ProbeHardware):
                 self._probe_hardware(request)
+            elif isinstance(request, (p.StartApiServer, p.StopApiServer)) or _is_api_job(request):
+                self._handle_api(request)
             elif isinstance(request, p.Shutdown):
                 return EXIT_OK
         except EngineError as exc:
@@ -242,7 +292,11 @@ class Engine:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
-        plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        if request.thinking:
+            plan = _thinking_plan(tokenizer, messages)
+        else:
+            plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
+        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
         pieces = self.pieces
         emit = self.emit
         committed: list[int] = []
@@ -264,12 +318,16 @@ class Engine:
 
             def on_canvas(self, report: CanvasReport) -> None:
                 committed.extend(report.token_ids)
+                if request.thinking:
+                    reply_text = _answer_of(tokenizer, plan.full_ids, committed)
+                else:
+                    reply_text = tokenizer.decode(committed, skip_special_tokens=True)
                 emit(
                     p.CanvasCommitted(
                         request_id,
                         canvas_index=report.canvas_index,
                         text=tokenizer.decode(report.token_ids, skip_special_tokens=True),
-                        reply_text=tokenizer.decode(committed, skip_special_tokens=True),
+                        reply_text=reply_text,
                         token_count=len(report.token_ids),
                         steps=report.steps,
                     )
@@ -289,15 +347,143 @@ class Engine:
             )
         finally:
             self.cancels.forget(request_id)
-        # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
-        self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats))
+        reasoning = ""
+        if request.thinking:
+            from engine.chat_format import parse_reply
+
+            parsed = parse_reply(tokenizer, plan.full_ids, result.token_ids)
+            text, reasoning = parsed.get("content") or "", parsed.get("reasoning_content") or ""
+            self.caches.drop(request.conversation_id)  # a thinking turn re-renders differently next time
+        else:
+            # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
+            self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
+        self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats, reasoning))
+
+    def _rewrite_span(self, request: p.RewriteSpan) -> None:
+        """Re-denoises a span of a reply in place (`engine.rewrite`); the rest is held bit for bit."""
+        from engine.rewrite import SpanDraftReport, character_ranges, rewrite_span
+
+        request_id = request.request_id
+        if self.loaded is None:
+            raise EngineError("no_model_loaded", "No model is loaded yet: load one before rewriting.")
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": request.system_prompt})
+        pieces = self.pieces
+        emit = self.emit
+
+        def on_draft(report: SpanDraftReport) -> None:
+            emit(
+                p.SpanDraft(
+                    request_id,
+                    canvas_index=report.canvas_index,
+                    step_index=report.step_index,
+                    max_steps=report.max_steps,
+                    span_start=report.start,
+                    span_end=report.end,
+                    text=tokenizer.decode(report.token_ids, skip_special_tokens=True),
+                    pieces=pieces.of(report.token_ids),
+                    settled=report.settled,
+                    entropy=report.entropy_buckets,
+                )
+            )
+
+        try:
+            if self.cancels.is_cancelled(request_id):
+                result_ids, finish_reason, stats = list(request.reply_token_ids), "cancelled", None
+            else:
+                result = rewrite_span(
+                    model,
+                    tokenizer,
+                    messages,
+                    list(request.reply_token_ids),
+                    request.span_start,
+                    request.span_end,
+                    request.settings,
+                    instruction=request.instruction,
+                    on_draft=on_draft,
+                    should_stop=lambda: self.cancels.is_cancelled(request_id),
+                )
+                result_ids, finish_reason, stats = result.token_ids, result.finish_reason, result.stats
+        finally:
+            self.cancels.forget(request_id)
+        text, rewritten, kept = character_ranges(tokenizer, result_ids, request.span_start, request.span_end)
+        self.emit(
+            p.SpanRewritten(
+                request_id,
+                finish_reason=finish_reason,
+                text=text,
+                token_ids=result_ids,
+                span_start=request.span_start,
+                span_end=request.span_end,
+                rewritten=rewritten,
+                kept=kept,
+                stats=stats or p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0),
+            )
+        )
 
     def _emit_cancelled_before_start(self, request: p.Generate) -> None:
         self.cancels.forget(request.request_id)
         stats = p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0)
         self.emit(p.Done(request.request_id, "cancelled", "", [], stats))
+
+    # -- the local API server (engine/api): requests queue here with the GUI's ---------------
+
+    def _handle_api(self, request: Any) -> None:
+        if isinstance(request, p.StartApiServer):
+            self.start_api_server(request)
+        elif isinstance(request, p.StopApiServer):
+            self.stop_api_server()
+            self.emit(p.ApiServerStopped(request.request_id))
+        else:
+            from engine.api.jobs import run_api_job
+
+            run_api_job(self, request)
+
+    def start_api_server(self, request: p.StartApiServer):
+        from engine.api.server import ApiServer, BindRefused
+
+        self.stop_api_server()
+        if self.submit is None:
+            raise EngineError("internal", "The engine loop cannot take HTTP requests.")
+        emit, start_id = self.emit, request.request_id
+
+        def record(entry) -> None:
+            emit(p.ApiRequestLogged(start_id, entry.method, entry.path, entry.status, entry.prompt_tokens,
+                                    entry.completion_tokens, entry.tokens_per_s, entry.wall_s))
+
+        try:
+            self.api_server = ApiServer(
+                submit=self.submit,
+                cancel=self.cancels.cancel,
+                model_id=self._api_model_id,
+                record=record,
+                host=request.host,
+                port=request.port,
+                token=request.token,
+                cors_origins=tuple(request.cors_origins),
+            )
+        except BindRefused as exc:
+            raise EngineError(exc.code, exc.message) from None
+        server = self.api_server
+        log.info("local API server listening on %s", server.base_url)
+        self.emit(p.ApiServerStarted(request.request_id, server.base_url, server.host, server.port))
+        return server
+
+    def stop_api_server(self) -> None:
+        if self.api_server is not None:
+            self.api_server.stop()
+            self.api_server = None
+
+    def _api_model_id(self) -> str | None:
+        loaded = self.loaded  # read from the server thread: one attribute read, no torch
+        if loaded is None:
+            return None
+        from pathlib import Path
+
+        return Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source
 
     def _probe_hardware(self, request: p.ProbeHardware) -> None:
         try:
@@ -331,6 +517,26 @@ class _PieceTable:
         return [cache[t] for t in token_ids]
 
 
+def _thinking_plan(tokenizer, messages: list[dict[str, str]]):
+    """A thinking turn is encoded whole: the template renders it unlike any cached history."""
+    from engine.chat_format import encode_chat
+    from engine.conversations import PromptPlan
+
+    ids = encode_chat(tokenizer, messages, thinking=True)
+    return PromptPlan(ids, None, 0, 0)
+
+
+def _answer_of(tokenizer, prompt_ids: list[int], reply_ids: list[int]) -> str:
+    """The answer so far without the thought channel (which Done carries as `reasoning`)."""
+    from engine.chat_format import parse_reply
+
+    return parse_reply(tokenizer, prompt_ids, reply_ids).get("content") or ""
+
+
+def _is_api_job(request: Any) -> bool:
+    return type(request).__name__ == "ApiJob" and type(request).__module__ == "engine.api.jobs"
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -344,41 +550,75 @@ def _out_of_memory_message() -> str:
     )
 
 
+@dataclass(frozen=True)
+class IoFailure:
+    """Queued for the loop when a reader or writer thread died: the worker must exit."""
+
+    reason: str
+
+
 def read_requests(stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegistry, emit) -> None:
-    """Reader thread: decodes lines; cancels act at once, everything else is queued in order."""
-    for raw in iter(stdin.readline, b""):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            request = p.decode(line, p.REQUEST_TYPES)
-        except p.ProtocolError as exc:
-            log.warning("dropped a malformed request: %s", exc)
-            emit(
-                p.Error(
-                    p.request_id_of(line),
-                    "malformed_message",
-                    f"The engine could not read a request ({exc}).",
-                    recoverable=True,
-                )
-            )
-            continue
-        if isinstance(request, p.Cancel):
-            cancels.cancel(request.target_request_id)
-            continue
-        requests.put(request)
+    """Reader thread: decodes lines; cancels act at once, everything else is queued in order.
+
+    A line it cannot read, for whatever reason, is answered with `malformed_message` and
+    skipped; if reading itself fails the loop is told, so the worker exits instead of going deaf.
+    """
+    try:
+        while True:
+            raw = stdin.readline(p.MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > p.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                _skip_rest_of_line(stdin)
+                _refuse_line(emit, "", f"a line longer than {p.MAX_LINE_BYTES // 2**20} MiB")
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                request = p.decode(line, p.REQUEST_TYPES)
+            except Exception as exc:  # ProtocolError, and anything a hostile line might still raise
+                _refuse_line(emit, p.request_id_of(line), str(exc) if isinstance(exc, p.ProtocolError) else repr(exc))
+                continue
+            if isinstance(request, p.Cancel):
+                cancels.cancel(request.target_request_id)
+                continue
+            requests.put(request)
+    except BaseException as exc:
+        log.critical("the request reader failed", exc_info=True)
+        cancels.everything.set()
+        requests.put(IoFailure(f"it could no longer read requests ({exc!r})"))
+        return
     log.info("stdin closed: the GUI is gone, shutting down")
     cancels.everything.set()
     requests.put(None)
 
 
+def _skip_rest_of_line(stdin: IO[bytes]) -> None:
+    while True:
+        chunk = stdin.readline(2**20)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _refuse_line(emit, request_id: str, reason: str) -> None:
+    log.warning("dropped a malformed request: %.300s", reason)
+    emit(p.Error(request_id, "malformed_message", f"The engine could not read a request ({reason:.300}).", recoverable=True))
+
+
 def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
-    channel = EventChannel(stdout)
-    if test_switches.wants_garbage_stdout():
-        channel.write_raw("this line is not JSON (test switch)")
     cancels = CancelRegistry()
     requests: queue.Queue = queue.Queue()
+
+    def writer_failed(reason: str) -> None:
+        cancels.everything.set()
+        requests.put(IoFailure(reason))
+
+    channel = EventChannel(stdout, on_failure=writer_failed)
+    if test_switches.wants_garbage_stdout():
+        channel.write_raw("this line is not JSON (test switch)")
     engine = Engine(channel.send, cancels)
+    engine.submit = requests.put
     reader = threading.Thread(
         target=read_requests, args=(stdin, requests, cancels, channel.send), name="request-reader", daemon=True
     )
@@ -389,6 +629,11 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
             request = requests.get()
             if request is None:
                 break
+            if isinstance(request, IoFailure):
+                log.critical("engine stopping: %s", request.reason)
+                channel.send(p.Error("", "internal", f"The engine stopped: {request.reason}.", recoverable=False))
+                status = EXIT_FATAL
+                break
             outcome = engine.handle(request)
             if outcome is not None:
                 status = outcome
@@ -398,6 +643,7 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
         channel.send(p.Error("", "internal", f"The engine stopped: {exc}", recoverable=False))
         status = EXIT_FATAL
     finally:
+        engine.stop_api_server()
         channel.close()
     return status
 

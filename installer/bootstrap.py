@@ -679,6 +679,19 @@ def install(opts: Options, reporter: Reporter) -> dict:
          "--index-url", torch_index, *source, "-r", str(torch_pins)],
         "TORCH_INSTALL_FAILED",
     )
+    # Triton for the fused 4-bit kernels (engine/kernels): Windows gets it as triton-windows from
+    # PyPI, matching the Triton line this torch was built with. Optional: without it the app uses
+    # the slower dequantize-then-matmul path, so a failed download does not stop the install.
+    triton_pins = opts.payload_dir / f"requirements-triton-{gpu.variant}.txt"
+    if triton_pins.is_file():
+        try:
+            uv.run(
+                ["pip", "install", *common, "--python", str(python), "--no-deps", *reinstall,
+                 "--index-url", opts.index_url, *source, "-r", str(triton_pins)],
+                "TORCH_INSTALL_FAILED",
+            )
+        except InstallFailed as exc:
+            reporter.line(f"      Triton was not installed ({exc.detail}); 4-bit models will run without the fused kernels")
 
     reporter.step(f"Installing {APP_NAME} {app_version} and its libraries")
     uv.run(
@@ -686,7 +699,8 @@ def install(opts: Options, reporter: Reporter) -> dict:
          "--reinstall-package", APP_DIST, "--index-url", opts.index_url, *source, "-r", str(pins), str(wheel)],
         "APP_INSTALL_FAILED",
     )
-    _remove_stale_packages(uv, common, python, {APP_DIST} | _pinned_names([pins, torch_pins]))
+    kept_pins = [pins, torch_pins] + ([triton_pins] if triton_pins.is_file() else [])
+    _remove_stale_packages(uv, common, python, {APP_DIST} | _pinned_names(kept_pins))
     uv.run(["pip", "check", *common, "--python", str(python)], "APP_INSTALL_FAILED")
     if not app_launcher(env_dir).exists():
         raise InstallFailed("APP_INSTALL_FAILED", f"the app launcher is missing: {app_launcher(env_dir)}")

@@ -5,7 +5,8 @@
 #
 # Stages uv.exe (PyPI's signed uv win_amd64 wheel, hash-pinned in uv-windows.txt), the app wheel
 # built from this checkout, bootstrap.py, the pins and the icon, then runs makensis. Installs
-# nsis and p7zip-full with apt-get when they are missing. Downloads are cached in
+# nsis and p7zip-full with apt-get when they are missing. Needs $PYTHON (default python3, 3.11+)
+# with pip, and PyPI for the uv wheel and the wheel's build backend. Downloads are cached in
 # installer/build/downloads.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -79,12 +80,16 @@ pyproject = dst / "pyproject.toml"
 text = pyproject.read_text(encoding="utf-8")
 pyproject.write_text(re.sub(r'(?m)^version = "[^"]*"', f'version = "{version}"', text, count=1), encoding="utf-8")
 EOF
-"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$STAGE/payload" "$SRC"
+# With build isolation pip fetches the build backend pyproject.toml asks for (setuptools>=69,
+# wheel) instead of using whatever $PYTHON has: a fresh machine's setuptools is older and
+# has no bdist_wheel.
+"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$STAGE/payload" "$SRC"
 APP_WHEEL=$(cd "$STAGE/payload" && ls canvas_chat-"$VERSION"-*.whl)
 
 echo "== bootstrap, pins, icon"
 cp "$HERE/bootstrap.py" "$STAGE/"
-cp "$HERE"/pins/requirements.txt "$HERE"/pins/requirements-torch-cu128.txt "$HERE"/pins/requirements-torch-cpu.txt "$STAGE/payload/"
+cp "$HERE"/pins/requirements.txt "$HERE"/pins/requirements-torch-cu128.txt "$HERE"/pins/requirements-torch-cpu.txt \
+    "$HERE"/pins/requirements-triton-cu128.txt "$STAGE/payload/"
 if [ -f "$ROOT/resources/icons/canvas-chat.ico" ]; then
     cp "$ROOT/resources/icons/canvas-chat.ico" "$STAGE/canvas-chat.ico"
 else

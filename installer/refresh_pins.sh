@@ -7,6 +7,7 @@
 #   pins/requirements.txt             every runtime dependency from PyPI, torch left out
 #   pins/requirements-torch-cu128.txt torch==X+cu128 from the PyTorch cu128 index (RTX 20..50)
 #   pins/requirements-torch-cpu.txt   torch==X+cpu from the PyTorch cpu index (no RTX GPU)
+# Not generated: pins/requirements-triton-cu128.txt (triton-windows of torch X's Triton line; edit by hand).
 # X is the torch version that PyPI's resolution picked, so torch's own dependencies (filelock,
 # sympy, ...) in requirements.txt match it. The script then asks the PyTorch index whether the two
 # torch builds exist; where that index is unreachable it stops unless ALLOW_UNVERIFIED_TORCH=1.

@@ -189,11 +189,19 @@ def test_model_loads_by_hub_id_from_the_local_hugging_face_cache(tiny_model_dir,
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
-        ({"max_new_tokens": 0}, "max new tokens must be positive"),
-        ({"max_denoising_steps": -1}, "denoising steps must be positive"),
-        ({"entropy_bound": 0.0}, "entropy bound must be greater than 0"),
+        ({"max_new_tokens": 0}, "max new tokens must be a whole number from 1 to 131,072 (got 0)"),
+        ({"max_denoising_steps": -1}, "denoising steps must be a whole number from 1 to 1,024 (got -1)"),
+        ({"entropy_bound": 0.0}, "entropy bound must be a number from 0.001 to 100 (got 0)"),
         ({"t_min": 0.9, "t_max": 0.5}, "t_max must be greater than t_min"),
         ({"t_min": 0.9}, "t_max must be greater than t_min"),  # against the model's t_max 0.8
+        # Not numbers, or numbers no run could use: each would otherwise run (or hang) the loop.
+        ({"entropy_bound": float("nan")}, "entropy bound must be a number from 0.001 to 100 (got nan)"),
+        ({"t_max": float("inf")}, "t_max must be a number from 0 to 5 (got inf)"),
+        ({"t_min": float("nan")}, "t_min must be a number from 0 to 5 (got nan)"),
+        ({"seed": 2**64}, "seed must be a whole number from 0 to 18,446,744,073,709,551,615"),
+        ({"seed": -1}, "seed must be a whole number from 0"),
+        ({"max_new_tokens": 2**40}, "max new tokens must be a whole number from 1 to 131,072 (got 1,099,511,627,776)"),
+        ({"max_denoising_steps": 10**12}, "denoising steps must be a whole number from 1 to 1,024"),
     ],
 )
 def test_bad_settings_give_a_clear_error_and_the_worker_keeps_serving(worker, settings, words):
@@ -203,6 +211,17 @@ def test_bad_settings_give_a_clear_error_and_the_worker_keeps_serving(worker, se
     assert words in error.message
     _, events = generate(worker, [user("Hi")], seed=1, max_new_tokens=16)
     assert isinstance(events[-1], p.Done)
+
+
+def test_a_settings_number_too_large_for_json_is_refused_as_bad_settings(worker):
+    worker.send_line(
+        '{"type":"generate","request_id":"big1","messages":[{"role":"user","content":"Hi"}],'
+        '"settings":{"entropy_bound":1e999}}'
+    )
+    error = worker.events_until("big1")[-1]
+    assert isinstance(error, p.Error) and error.code == "bad_settings" and error.recoverable
+    assert "entropy bound must be a number from 0.001 to 100 (got inf)" in error.message
+    worker.hello()
 
 
 @pytest.mark.parametrize(

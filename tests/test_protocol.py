@@ -14,6 +14,8 @@ SAMPLES = [
     p.LoadModel("r2", "google/diffusiongemma-26B-A4B-it", "cuda", "nf4", False, "main"),
     p.Generate("r3", [p.ChatMessage("user", "Hi ✨"), p.ChatMessage("assistant", "Hello")], "c1", "Be brief",
                p.GenerationSettings(128, 24, 0.2, 0.4, 0.8, 7)),
+    p.RewriteSpan("r8", [p.ChatMessage("user", "Capital?")], [5, 6, 7, 1], 1, 3, "Shorter", "Be brief",
+                  p.GenerationSettings(None, 8, 0.1, 0.4, 0.8, 3)),
     p.Cancel("r4", "r3"),
     p.Unload("r5"),
     p.Shutdown("r6"),
@@ -24,6 +26,8 @@ SAMPLES = [
     p.Draft("r3", 0, 1, 8, "Hel", ["Hel", "lo"], [True, False], [0, 3]),
     p.CanvasCommitted("r3", 0, "Hello", "Hello", 2, 4),
     p.Done("r3", "eos", "Hello", [5, 6, 1], STATS),
+    p.SpanDraft("r8", 0, 2, 8, 1, 3, "Paris", [" Par", "is"], [True, False], [0, 2]),
+    p.SpanRewritten("r8", "rewritten", "It is Paris", [5, 6, 7, 1], 1, 3, [2, 11], [[0, 2]], STATS),
     p.Error("r3", "out_of_memory", "The GPU ran out of memory.", True, "trace"),
     p.HardwareReport("r7", {"gpus": []}),
     p.Unloaded("r5"),
@@ -40,7 +44,7 @@ def test_every_message_round_trips_through_one_json_line(message):
 
 def test_requests_and_events_are_told_apart():
     with pytest.raises(p.ProtocolError, match="unknown message type 'ready'"):
-        p.decode(p.encode(SAMPLES[7]), p.REQUEST_TYPES)
+        p.decode(p.encode(next(m for m in SAMPLES if isinstance(m, p.Ready))), p.REQUEST_TYPES)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +79,9 @@ def test_settings_problems_are_plain_sentences():
     assert p.GenerationSettings().problems() == []
     problems = p.GenerationSettings(max_new_tokens=0, t_min=0.8, t_max=0.4).problems()
     assert problems == [
-        "max new tokens must be positive (got 0)",
+        "max new tokens must be a whole number from 1 to 131,072 (got 0)",
+    ]
+    assert p.GenerationSettings(t_min=0.8, t_max=0.4).problems() == [
         "t_max must be greater than t_min (got t_min=0.8, t_max=0.4)",
     ]
 

@@ -64,7 +64,10 @@ class WorkerProcess:
         self.send_line(p.encode(request))
 
     def send_line(self, line: str) -> None:
-        self.process.stdin.write(line.encode("utf-8") + b"\n")
+        self.send_bytes(line.encode("utf-8"))
+
+    def send_bytes(self, line: bytes) -> None:
+        self.process.stdin.write(line + b"\n")
         self.process.stdin.flush()
 
     def next_event(self, timeout: float = 60) -> Any:

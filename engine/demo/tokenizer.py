@@ -30,14 +30,41 @@ IMAGE_TOKEN_ID, BOI_TOKEN_ID, EOI_TOKEN_ID = 11, 9, 10
 
 # Gemma 4's template shape: turns are "<|turn>ROLE\n...<turn|>\n", the assistant role is
 # "model", and the generation prompt opens an empty thought channel. Earlier model turns are
-# rendered without that channel, as the real template does.
+# rendered without that channel, as the real template does. Tools and thinking follow Gemma 4
+# too (declarations and <|think|> in the system turn, <|tool_call>/<|tool_response> blocks),
+# and render nothing extra when unused, so plain chats match what the demo model learned.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<|turn>' + role + '\n' + (message['content'] | trim) + '<turn|>\n' }}"
+    "{% set first_is_system = messages and messages[0]['role'] == 'system' %}"
+    "{% if tools or enable_thinking %}"
+    "{{ '<|turn>system\n' }}{% if enable_thinking %}{{ '<|think|>' }}{% endif %}"
+    "{% if first_is_system %}{{ messages[0]['content'] | trim }}{% endif %}"
+    "{% for tool in tools or [] %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{{ '<|tool>declaration:' + f['name'] + '{description:<|\"|>' + (f['description'] or '') + '<|\"|>,parameters:' + (f['parameters'] or {}) | tojson + '}<tool|>' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|turn>model\n<|channel>thought\n<channel|>' }}{% endif %}"
+    "{{ '<turn|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if not (loop.first and first_is_system and (tools or enable_thinking)) %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|turn>tool\n<|tool_response>response:' + message['name'] + '{value:<|\"|>' + (message['content'] or '') | trim + '<|\"|>}<tool_response|><turn|>\n' }}"
+    "{% else %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<|turn>' + role + '\n' + (message['content'] or '') | trim }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '<|tool_call>call:' + call['function']['name'] + '{' }}"
+    "{% for key, value in call['function']['arguments'] | dictsort %}"
+    "{{ (',' if not loop.first else '') + key + ':' }}"
+    "{% if value is string %}{{ '<|\"|>' + value + '<|\"|>' }}{% else %}{{ value | tojson }}{% endif %}"
+    "{% endfor %}"
+    "{{ '}<tool_call|>' }}"
+    "{% endfor %}"
+    "{{ '<turn|>\n' }}"
+    "{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn>model\n' }}"
+    "{% if not enable_thinking %}{{ '<|channel>thought\n<channel|>' }}{% endif %}{% endif %}"
 )
 
 DEFAULT_CORPUS = """\

@@ -277,6 +277,25 @@ def test_cuda_not_usable_after_install_has_its_own_exit_code(boot, install_root,
     assert proc.returncode == bootstrap.FAILURES["CUDA_UNAVAILABLE"].code, proc.stdout
 
 
+def test_gpu_install_adds_triton_windows_and_goes_on_without_it(boot, install_root, payloads, tmp_path):
+    payload = tmp_path / "payload"
+    shutil.copytree(payloads["0.1.0"], payload)
+    (payload / "requirements-triton-cu128.txt").write_text("triton-windows==3.7.1.post27\n", encoding="utf-8")
+    # not downloadable: the app still installs, without the fused kernels, and says so
+    proc = boot.run(install_root / "NoTriton", payload)
+    assert proc.returncode == 0, proc.stdout
+    assert "Triton was not installed" in proc.stdout
+    assert "triton-windows" not in installed_versions(install_root / "NoTriton")
+    wheelhouse = tmp_path / "wheelhouse"
+    shutil.copytree(boot.wheelhouse, wheelhouse)
+    standins.build_wheel(wheelhouse, "triton-windows", "3.7.1.post27", {"triton/__init__.py": ""})
+    boot.wheelhouse = wheelhouse
+    proc = boot.run(install_root / "WithTriton", payload)
+    assert proc.returncode == 0, proc.stdout
+    assert "Triton was not installed" not in proc.stdout
+    assert installed_versions(install_root / "WithTriton")["triton-windows"] == "3.7.1.post27"
+
+
 def test_torch_that_does_not_import_has_its_own_exit_code(boot, install_root, payloads):
     boot.env["CANVAS_CHAT_FAKE_TORCH"] = "broken"
     proc = boot.run(install_root / "CanvasChat", payloads["0.1.0"])

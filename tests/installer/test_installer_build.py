@@ -17,7 +17,6 @@ from tests.conftest import REPO_ROOT, TIMEOUT_SCALE, tool_missing
 
 INSTALLER = REPO_ROOT / "installer"
 VERSION = re.search(r'(?m)^version = "([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")).group(1)
-DOWNLOADS = INSTALLER / "build" / "downloads"
 
 pytestmark = pytest.mark.slow
 
@@ -29,31 +28,65 @@ def wine64() -> str | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def build_tools():
-    """makensis, 7z and file, and the pinned uv.exe wheel (downloaded once, then cached)."""
+    """makensis, 7z and file: skipped without them, failed under CANVAS_CHAT_REQUIRE_TOOLS=1 (CI)."""
     missing = [tool for tool in ("makensis", "7z", "file") if shutil.which(tool) is None]
     if missing:
         tool_missing(f"{', '.join(missing)} missing: apt-get install nsis p7zip-full file")
-    pin = re.search(r"(?m)^uv==(\S+)", (INSTALLER / "uv-windows.txt").read_text(encoding="utf-8")).group(1)
-    if not (DOWNLOADS / f"uv-{pin}-py3-none-win_amd64.whl").exists():
-        # What build.sh would do; offline and not cached, the build cannot run at all.
-        fetch = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--only-binary=:all:", "--platform", "win_amd64", "--require-hashes",
-             "-r", str(INSTALLER / "uv-windows.txt"), "-d", str(DOWNLOADS)],
-            capture_output=True, text=True, timeout=300 * TIMEOUT_SCALE,
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory) -> Path:
+    """A new machine's Python: a fresh venv with pip, a setuptools older than 69 and no wheel.
+
+    build.sh must bring its own build backend (the project asks for setuptools>=69 and wheel).
+    Skips when it cannot get the pinned uv wheel: neither cached nor downloadable (offline).
+    """
+    venv = tmp_path_factory.mktemp("fresh-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    if _version_of(python, "setuptools") is None or _version_of(python, "setuptools") >= (69,):
+        subprocess.run([python, "-m", "pip", "install", "-q", "setuptools<69"], check=True, capture_output=True, timeout=300)
+    assert _version_of(python, "setuptools") < (69,) and _version_of(python, "wheel") is None
+    uv_pin = re.search(r"(?m)^uv==(\S+)", (INSTALLER / "uv-windows.txt").read_text(encoding="utf-8")).group(1)
+    downloads = INSTALLER / "build" / "downloads"
+    if not (downloads / f"uv-{uv_pin}-py3-none-win_amd64.whl").exists():
+        fetched = subprocess.run(
+            [python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--platform", "win_amd64",
+             "--require-hashes", "-r", str(INSTALLER / "uv-windows.txt"), "-d", str(downloads)],
+            capture_output=True, text=True, timeout=300,
         )
-        if fetch.returncode != 0:
-            tool_missing(f"uv {pin} for Windows is not in {DOWNLOADS} and PyPI cannot be reached: {fetch.stderr.strip()[-300:]}")
+        if fetched.returncode != 0:
+            tool_missing(
+                f"the pinned uv wheel (uv=={uv_pin}, win_amd64) is not cached in installer/build/downloads "
+                f"and PyPI could not be reached to fetch it: {fetched.stderr.strip().splitlines()[-1:]}"
+            )
+    backend = subprocess.run(
+        [python, "-m", "pip", "download", "-q", "--no-deps", "-d", str(venv / "backend"), "setuptools>=69", "wheel"],
+        capture_output=True, text=True, timeout=300,
+    )
+    if backend.returncode != 0:
+        tool_missing(
+            "the wheel's isolated build needs setuptools>=69 and wheel from PyPI (or pip's cache), "
+            f"and neither could be reached: {backend.stderr.strip().splitlines()[-1:]}"
+        )
+    return python
 
 
-def _build(out_dir: Path, *extra: str) -> Path:
+def _version_of(python: Path, package: str) -> tuple[int, ...] | None:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return None
+    return tuple(int(part) for part in re.findall(r"\d+", proc.stdout)[:3])
+
+
+def _build(python: Path, out_dir: Path, *extra: str) -> Path:
     proc = subprocess.run(
         ["bash", str(INSTALLER / "build.sh"), "--out", str(out_dir), *extra],
         capture_output=True,
         text=True,
         timeout=900 * TIMEOUT_SCALE,
-        # The interpreter running the tests builds the wheel, not whatever python3 is on PATH.
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": str(python)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (setup,) = out_dir.glob("CanvasChat-Setup-*.exe")
@@ -61,8 +94,8 @@ def _build(out_dir: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup_exe(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("installer"))
+def setup_exe(fresh_python, tmp_path_factory) -> Path:
+    return _build(fresh_python, tmp_path_factory.mktemp("installer"))
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +149,10 @@ def test_app_wheel_carries_the_packages_and_a_windowed_launcher(payload):
 
 
 @pytest.mark.skipif(os.environ.get("CANVAS_CHAT_WINE_SMOKE") != "1", reason="wine smoke test is opt-in: CANVAS_CHAT_WINE_SMOKE=1")
-def test_wine_silent_install_upgrade_uninstall(setup_exe, tmp_path):
+def test_wine_silent_install_upgrade_uninstall(setup_exe, fresh_python, tmp_path):
     if wine64() is None:
         tool_missing("wine64 missing: apt-get install wine64 wine")
-    newer = _build(tmp_path / "newer", "--version", "99.0.0", "--fast")
+    newer = _build(fresh_python, tmp_path / "newer", "--version", "99.0.0", "--fast")
     proc = subprocess.run(
         ["bash", str(INSTALLER / "wine_smoke_test.sh"), str(setup_exe), str(newer)],
         capture_output=True,

@@ -48,3 +48,13 @@ def test_both_torch_builds_are_the_same_exact_version():
     cpu = _pins(PINS / "requirements-torch-cpu.txt")["torch"]
     assert cu128.local == "cu128" and cpu.local == "cpu"
     assert cu128.public == cpu.public
+
+
+def test_the_gpu_install_gets_triton_windows_of_the_torch_triton_line():
+    triton = _pins(PINS / "requirements-triton-cu128.txt")
+    assert set(triton) == {"triton-windows"}
+    torch = _pins(PINS / "requirements-torch-cu128.txt")["torch"]
+    # torch 2.13 is built against Triton 3.7 (its Linux wheels pin triton 3.7.x); a torch bump must
+    # bump this pin too, or the kernels meet a Triton that torch was not built with.
+    assert (torch.major, torch.minor) == (2, 13) and (triton["triton-windows"].major, triton["triton-windows"].minor) == (3, 7)
+    assert "requirements-triton-cu128.txt" in (REPO_ROOT / "installer" / "build.sh").read_text(encoding="utf-8")
