@@ -97,7 +97,7 @@ class CanvasAnimation:
     def segments(self) -> list[CanvasSegment]:
         """What each position shows: its piece when settled, a neutral glyph otherwise."""
         return [
-            CanvasSegment(piece if flag else NOISE_GLYPH, flag, bucket)
+            CanvasSegment(_SPECIAL_MARKUP.sub("", piece) if flag else NOISE_GLYPH, flag, bucket)
             for piece, flag, bucket in zip(self.pieces, self.settled, self.entropy)
         ]
 
@@ -124,11 +124,17 @@ class CanvasAnimation:
 
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ufffd]")
+# Special-token markup (<pad>, <|turn>, <channel|>, <unused12>, ...). The engine sends special
+# tokens as empty pieces; this keeps an older engine's draft or a stored replay from showing them.
+_SPECIAL_MARKUP = re.compile(
+    r"<\|[^<>\s]*>|<[^<>\s|]*\|>|<(?:pad|bos|eos|unk|mask|unused\d+|start_of_turn|end_of_turn)>"
+)
 
 
 def _display(piece: str) -> str:
     # QTextLayout breaks lines at U+2028, not at "\n"; tabs become spaces so runs stay aligned.
     # A byte-fallback token decodes to U+FFFD on its own; the committed text joins the bytes.
+    piece = _SPECIAL_MARKUP.sub("", piece)
     return _CONTROL.sub("", piece.replace("\t", "    ")).replace("\n", "\u2028")
 
 

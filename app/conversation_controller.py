@@ -249,6 +249,16 @@ class ConversationController(QObject):
         message = self.transcript.get(message_id)
         if message is None or message.role != "user" or not text.strip():
             return None
+        # The auto-title follows a new first question, unless the user renamed the chat.
+        first_question = next((m for m in self.transcript if m.role == "user"), None)
+        conversation = self.conversations.get(message.conversation_id)
+        if (
+            first_question is not None
+            and first_question.id == message_id
+            and conversation is not None
+            and conversation.title == title_from(message.content)
+        ):
+            self.rename_conversation(conversation.id, title_from(text))
         self._remove_from(message_id)
         return self.send(text)
 
@@ -325,7 +335,20 @@ class ConversationController(QObject):
             stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"
         content = done.text or self._active.message.content
+        if status == "stopped":
+            content = self._with_visible_draft(content)
+            if not done.token_ids:
+                stats = None  # nothing was committed: no speed to report
         self._finish_reply(status, content, stats=stats)
+
+    def _with_visible_draft(self, content: str) -> str:
+        """The committed text plus what the user saw settle in the open canvas: a reply stopped
+        (or cut off) mid-canvas keeps it rather than throwing it away."""
+        draft = self._active.message.draft if self._active is not None else None
+        if draft is None:
+            return content
+        settled = "".join(piece for piece, flag in zip(draft.pieces, draft.settled) if flag)
+        return content + settled if settled.strip() else content
 
     def _on_client_generation_failed(self, error: Error) -> None:
         if self._is_active(error.request_id):
@@ -334,7 +357,9 @@ class ConversationController(QObject):
     def _on_client_generation_interrupted(self, request_id: str) -> None:
         if self._is_active(request_id):
             self._finish_reply(
-                "interrupted", self._active.message.content, error="The engine stopped during this reply."
+                "interrupted",
+                self._with_visible_draft(self._active.message.content),
+                error="The engine stopped during this reply.",
             )
 
     # ------------------------------------------------------------------ store + transcript

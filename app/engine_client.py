@@ -15,6 +15,8 @@ import collections
 import enum
 import logging
 import re
+import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -56,6 +58,18 @@ HANDSHAKE_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
 # second): it is killed and restarted like a crashed one.
 CANCEL_TIMEOUT_S = 15.0
 _STDERR_LINE = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)\s+([\w.\-]+):\s?(.*)$")
+
+
+def exit_description(code: int, normal_exit: bool) -> str:
+    """How a process ended, in words: "exited with status 3", "killed by SIGKILL"."""
+    if normal_exit:
+        return f"exited with status {code}"
+    if sys.platform != "win32" and 0 < code < 128:
+        try:
+            return f"killed by {signal.Signals(code).name}"
+        except ValueError:
+            return f"killed by signal {code}"
+    return f"crashed (status {code:#x})" if code else "crashed"
 
 
 class EngineState(enum.Enum):
@@ -163,6 +177,7 @@ class EngineClient(QObject):
         self._stdout_buffer = b""
         self._stderr_buffer = b""
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.last_exit_description = ""  # "killed by SIGKILL", "exited with status 3"
         self._stderr_level = logging.INFO
         # Lifecycle facts; the state is derived from them in _update_state().
         self._launching = False  # process started, handshake not done yet
@@ -431,6 +446,7 @@ class EngineClient(QObject):
             self._handle_stderr_line(self._stderr_buffer.decode("utf-8", "replace"))
             self._stderr_buffer = b""
         normal = exit_status == QProcess.ExitStatus.NormalExit
+        self.last_exit_description = exit_description(exit_code, normal)
         self._handle_exit(exit_code if normal else -1, normal)
 
     def _handle_exit(self, exit_code: int, normal_exit: bool) -> None:
@@ -465,10 +481,7 @@ class EngineClient(QObject):
 
         self._crashed = True
         tail = self.stderr_tail()
-        log.warning(
-            "engine worker exited unexpectedly (%s)",
-            f"exit code {exit_code}" if normal_exit else "killed by a signal",
-        )
+        log.warning("engine worker exited unexpectedly (%s)", self.last_exit_description)
         can_restart = (
             self.auto_restart
             and self._fatal_error is None

@@ -67,6 +67,16 @@ STATE_DOT = {
     EngineState.CRASHED: "#d0363d",
     EngineState.RESTARTING: "#d29b22",
 }
+NO_MODEL_TEXT = "No model loaded"
+# Clickable on the empty chat while the demo model is loaded: one question per skill it knows.
+DEMO_EXAMPLE_PROMPTS = (
+    "What is the capital of Peru?",
+    "What colour is a banana?",
+    "Reverse the words: red green blue",
+    "How many words are in: the cat sat",
+    "What is 3 + 4?",
+    "What can you do?",
+)
 
 
 def demo_model_path() -> Path | None:
@@ -155,6 +165,12 @@ class EngineStatus(QWidget):
         if state != EngineState.LOADING:
             self.progress.setValue(0)
 
+    def show_no_model(self) -> None:
+        """The worker is up but holds no model (its last load failed)."""
+        self.dot.setStyleSheet(f"color: {STATE_DOT[EngineState.STOPPED]};")
+        self.label.setText(NO_MODEL_TEXT)
+        self.model_label.setText("")
+
     def show_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(max(0.0, min(1.0, fraction)) * 100))
         self.label.setText(STATE_TEXT[EngineState.LOADING] + (f"  {message}" if message else ""))
@@ -210,9 +226,9 @@ class EngineBanner(QFrame):
             f"border-radius: 6px; }} #crashBanner QLabel {{ color: {colors.banner_text}; }}"
         )
 
-    def show_crash(self, exit_code: int, log_lines: list[str], restarting: bool) -> None:
+    def show_crash(self, exit_code: int, log_lines: list[str], restarting: bool, how: str = "") -> None:
         self.kind = "crash"
-        how = f"exit code {exit_code}" if exit_code >= 0 else "killed"
+        how = how or (f"exited with status {exit_code}" if exit_code >= 0 else "killed")
         self.title.setText(f"The engine stopped unexpectedly ({how}).")
         self.detail.setText(
             "The reply in progress was kept and marked interrupted. "
@@ -269,6 +285,8 @@ class MainWindow(QMainWindow):
         self.empty_label.setObjectName("emptyChatLabel")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_label.setWordWrap(True)
+        self.empty_label.setTextInteractionFlags(Qt.TextInteractionFlag.LinksAccessibleByMouse | Qt.TextInteractionFlag.LinksAccessibleByKeyboard)
+        self.empty_label.linkActivated.connect(self._on_empty_label_link_activated)
 
         chat_area = QWidget(self)
         chat_layout = QVBoxLayout(chat_area)
@@ -301,6 +319,9 @@ class MainWindow(QMainWindow):
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
         self.apply_settings(settings, save=False)
+        if len(self.controller.conversations):
+            # The app reopens where the user left off: the most recently used chat.
+            self.controller.open_conversation(self.controller.conversations[0].id)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
         self.composer.edit.setFocus()
@@ -417,6 +438,8 @@ class MainWindow(QMainWindow):
         if state == EngineState.READY and info is not None:
             name = "Demo model (toy skills only)" if getattr(info, "is_demo", False) else Path(info.model).name
             self.engine_status.model_label.setText(f"{name} \u00b7 {info.device}")
+        elif state == EngineState.READY:
+            self.engine_status.show_no_model()
         elif state in (EngineState.CRASHED, EngineState.STOPPED, EngineState.RESTARTING, EngineState.STARTING):
             self.engine_status.model_label.setText("")
         if state in (EngineState.READY, EngineState.GENERATING) and self.banner.kind == "crash":
@@ -432,12 +455,15 @@ class MainWindow(QMainWindow):
             self.banner.hide()
             self.banner.kind = ""
         self._on_client_state_changed(self.client.state)
+        self._update_empty_state()
         self.model_ready.emit(info)
 
     def _on_client_worker_crashed(self, exit_code: int, log_lines: list) -> None:
         if self._closing:
             return
-        self.banner.show_crash(exit_code, list(log_lines), self.client.state == EngineState.RESTARTING)
+        self.banner.show_crash(
+            exit_code, list(log_lines), self.client.state == EngineState.RESTARTING, self.client.last_exit_description
+        )
 
     def _on_client_error_received(self, error: Any) -> None:
         if self._closing:
@@ -596,13 +622,21 @@ class MainWindow(QMainWindow):
             model = self._model_name or (choice.model if choice else None)
             name = Path(model).name if model else "no model yet"
             demo_note = ""
-            if choice is not None and choice.is_demo and choice.model:
+            info = self.client.model_info
+            loaded_demo = info is not None and getattr(info, "is_demo", False)
+            if (choice is not None and choice.is_demo and choice.model) or loaded_demo:
                 name = "built-in demo model"
+                why = f"<br>Why the demo: {html.escape(choice.reason)}" if choice is not None and choice.is_demo else ""
                 demo_note = (
                     "<p><b>This is a tiny demo model.</b> It knows only toy skills (capitals, colours, "
-                    "simple sums, reversing and counting words) and shows how diffusion writes.<br>"
-                    f"Why the demo: {html.escape(choice.reason)}</p>"
+                    f"simple sums, reversing and counting words) and shows how diffusion writes.{why}</p>"
                 )
+            if loaded_demo:
+                links = " &nbsp;\u00b7&nbsp; ".join(
+                    f"<a href='ask:{index}' style='color: {self.colors.link};'>{html.escape(prompt)}</a>"
+                    for index, prompt in enumerate(DEMO_EXAMPLE_PROMPTS)
+                )
+                demo_note += f"<p>Try one:<br>{links}</p>"
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
                 "<p>Ask anything. Each reply is written a block at a time:<br>"
@@ -613,6 +647,10 @@ class MainWindow(QMainWindow):
             )
         self.empty_label.setVisible(empty)
         self.transcript_view.setVisible(not empty)
+
+    def _on_empty_label_link_activated(self, link: str) -> None:
+        if link.startswith("ask:"):
+            self.send(DEMO_EXAMPLE_PROMPTS[int(link[4:])])
 
     def _focus_composer(self) -> None:
         self.composer.edit.setFocus(Qt.FocusReason.ShortcutFocusReason)

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QLayout,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -99,7 +100,11 @@ class ModelSetupDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
-        self.setMinimumWidth(640)
+        # The layout decides the minimum (its buttons' full text included): a fixed 640 px
+        # clipped the title and the download button on a default-sized dialog.
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
+        hint = layout.sizeHint()
+        self.resize(max(640, hint.width()), hint.height())
 
         self.download.state_changed.connect(self._on_download_state_changed)
         self.download.progressed.connect(self._on_download_progressed)

@@ -304,6 +304,8 @@ class TranscriptDelegate(QStyledItemDelegate):
             width = int(metrics.horizontalAdvance("Stop replay")) + 2
             top = bubble.bottom() + 3
             return {"Stop replay": QRect(bubble.right() - width, top, width, int(metrics.height()))}
+        if message.role != "user" and not message.content.strip():
+            return links  # nothing to copy or replay: a reply stopped before any text settled
         names = ["Copy"]
         if message.role == "user":
             names.append("Edit")
@@ -462,6 +464,8 @@ class TranscriptDelegate(QStyledItemDelegate):
             if mark:
                 if message.status == "error" and message.error:
                     mark = f"Error: {message.error}"
+                elif not message.content.strip():
+                    mark += " before any text settled"
                 painter.setPen(QColor(colors.mark_error if message.status == "error" else colors.mark_stopped))
                 mark_text = mark + ("  \u00b7  " if message.stats else "")
                 painter.drawText(QPointF(x, baseline), mark_text)

@@ -1,4 +1,5 @@
-"""`python -m bench run --suite cpu|gpu [--size small|full] --out results.json [--chart results.png]`."""
+"""`python -m bench run --suite cpu|gpu [--size small|full] --out results.json [--chart results.png]`;
+`python -m bench profile-forward [--json] [--experts NAME] [--step engine|stock]`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dtypes", default=None, help="comma list, e.g. bf16,nf4 (default: the suite's own)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads in this process and the worker (cpu suite default: 1, steadier on a shared machine)")
+    prof = commands.add_parser("profile-forward", help="ops, host syncs and temporaries per decoder forward and step")
+    prof.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    prof.add_argument("--experts", default="canvas_nf4",
+                      help="experts implementation registered in transformers' ExpertsInterface (default: canvas_nf4)")
+    prof.add_argument("--step", choices=("engine", "stock"), default="engine",
+                      help="engine: engine.generation.denoise_step; stock: transformers' _denoising_step and its read-backs")
+    prof.add_argument("--hidden-size", type=int, default=64)
+    prof.add_argument("--vocab", type=int, default=None, help="default: the real 262,144")
+    prof.add_argument("--canvas", type=int, default=None, help="default: the real 256")
+    prof.add_argument("--experts-count", type=int, default=None, help="default: the real 128")
+    prof.add_argument("--top-k", type=int, default=None, help="default: the real 8")
+    prof.add_argument("--prompt-tokens", type=int, default=64)
     table = commands.add_parser("table", help="Markdown tables of a results JSON (for bench/README.md)")
     table.add_argument("results", type=Path)
     args = parser.parse_args(argv)
@@ -42,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
 
         results = json.loads(args.results.read_text(encoding="utf-8"))
         print(figures_table(results) + "\n\n" + gpu_rows(results))
+        return 0
+
+    if args.command == "profile-forward":
+        from bench.profile_forward import profile, render
+
+        torch_threads = __import__("os").environ.get("OMP_NUM_THREADS")
+        result = profile(hidden_size=args.hidden_size, vocab_size=args.vocab, canvas_length=args.canvas,
+                         prompt_tokens=args.prompt_tokens, experts=args.experts, step=args.step,
+                         num_experts=args.experts_count, top_k=args.top_k)
+        result["command"] = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+        result["omp_num_threads"] = torch_threads
+        print(json.dumps(_finite(result), indent=2) if args.json else render(result))
         return 0
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

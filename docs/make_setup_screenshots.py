@@ -87,7 +87,7 @@ def main() -> int:
     def shoot(dialog, name: str) -> None:
         dialog.show()
         app.processEvents()
-        dialog.resize(720, dialog.sizeHint().height())
+        # The dialog keeps its default size: the one a user sees first.
         app.processEvents()
         path = OUT / f"setup-{name}.png"
         dialog.grab().save(str(path))

@@ -49,9 +49,15 @@ def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
 
 def generate_once(loaded, prompt: str, settings: GenerationSettings, system: str = "") -> dict:
     """Generates one reply in-process; the result is what `--json` prints."""
+    return generate_chat(loaded, chat_messages(prompt, system), settings)
+
+
+def generate_chat(loaded, messages: list[dict[str, str]], settings: GenerationSettings) -> dict:
+    """The reply to a whole chat (ending with a user turn), encoded afresh by the chat template:
+    no KV cache, so it is the reference a cached multi-turn reply must equal."""
     from engine.generation import encode_prompt, run_generation
 
-    input_ids = encode_prompt(loaded.tokenizer, chat_messages(prompt, system))
+    input_ids = encode_prompt(loaded.tokenizer, messages)
     result = run_generation(loaded.model, loaded.tokenizer, input_ids, settings)
     return {
         "text": loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True),
@@ -61,9 +67,22 @@ def generate_once(loaded, prompt: str, settings: GenerationSettings, system: str
     }
 
 
+def _cli_message(exc: EngineError, model: str) -> str:
+    """The engine's message in command-line terms (the app's says to open Model setup)."""
+    if exc.code == "model_not_downloaded":
+        return (
+            f"{model} has not been downloaded yet: download it first with `hf download {model}` "
+            "(or from the app's Model setup), or pass --model a local folder that holds it."
+        )
+    return exc.message
+
+
 def generate_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not args.prompt.strip():
+        print('error: the prompt is empty: pass the question, e.g. --prompt "What is 3 + 4?"', file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     problems = settings.problems()
     if problems:
@@ -75,7 +94,7 @@ def generate_main(argv: list[str]) -> int:
         loaded = load_model(args.model, device=args.device, quantization=args.quantization)
         outcome = generate_once(loaded, args.prompt, settings, args.system)
     except EngineError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {_cli_message(exc, args.model)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(outcome, ensure_ascii=False))

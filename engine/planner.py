@@ -457,11 +457,38 @@ def parse_memory(text: str) -> int:
     return int(float(number) * _UNITS[unit])
 
 
+def parameter_text(count: int) -> str:
+    """'25.81 B', '1.55 M' or '3,072': a tiny model is not '0.00 B'."""
+    if count >= 1e9:
+        return f"{count / 1e9:.2f} B"
+    if count >= 1e6:
+        return f"{count / 1e6:.2f} M"
+    return f"{count:,}"
+
+
+DEFAULT_GPU_MEMORY = "24GB"
+
+
+def _gpu_memory_or_assumed() -> tuple[int, str]:
+    """Free memory of this PC's GPU (nvidia-smi, no torch); without one, the 24 GB card the
+    26B model is planned for, said out loud."""
+    from engine.hardware import pick_gpu, query_nvidia_smi
+
+    gpu = pick_gpu(query_nvidia_smi([]))
+    free = gpu.get("free_vram_bytes") if gpu else None
+    if free:
+        return int(free), f"using the {_gib(free)} free on {gpu.get('name') or 'this GPU'} (pass --gpu-memory to plan for another card)"
+    return parse_memory(DEFAULT_GPU_MEMORY), (
+        f"no NVIDIA GPU found on this PC: assuming a {DEFAULT_GPU_MEMORY[:-2]} GB card; "
+        "pass --gpu-memory (e.g. --gpu-memory 16GB) to plan for yours"
+    )
+
+
 def _format_text(p: Plan) -> str:
     verdict = {"fits": "FITS", "fits_shorter_context": f"FITS WITH A SHORTER CONTEXT (≤ {p.max_context_tokens:,} tokens)",
                "does_not_fit": "DOES NOT FIT"}[p.verdict]
     lines = [
-        f"model         {p.model}  ({p.parameters / 1e9:.2f} B parameters loaded)",
+        f"model         {p.model}  ({parameter_text(p.parameters)} parameters loaded)",
         f"quantization  {p.quantization}{'  + vision tower' if p.vision else ''}",
         f"context       {p.context_tokens:,} tokens, canvas {p.canvas_length}",
         f"weights       {_gib(p.weights_bytes)}",
@@ -482,7 +509,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m engine plan", description="Will a model fit this GPU?")
     parser.add_argument("--model", required=True, help="model folder or hub id (google/diffusiongemma-26B-A4B-it ships)")
-    parser.add_argument("--gpu-memory", default="24GB", help="GPU memory free for the engine, e.g. 24GB (GB = GiB)")
+    parser.add_argument("--gpu-memory", help="GPU memory free for the engine, e.g. 24GB (GB = GiB); "
+                        "default: this PC's free GPU memory, else 24GB (said in the output)")
     parser.add_argument("--context", type=int, default=8192, help="tokens the conversation may hold")
     parser.add_argument("--canvas", type=int, default=None, help="canvas length (default: the config's)")
     parser.add_argument("--quantization", default="nf4", help="nf4 | nf4-double | bf16 | bnb-stock")
@@ -494,11 +522,16 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config_dict(args.model)
+        if args.gpu_memory is None:
+            gpu_memory, note = _gpu_memory_or_assumed()
+            print(f"plan: {note}", file=sys.stderr)
+        else:
+            gpu_memory = parse_memory(args.gpu_memory)
         result = plan(
             config,
             args.quantization,
             args.context,
-            parse_memory(args.gpu_memory),
+            gpu_memory,
             args.canvas,
             vision=args.vision,
             model=args.model,

@@ -242,6 +242,7 @@ class _Target:
     kind: str  # "linear" | "experts" | "tensor" | "buffer"
     holders: list[str]  # every qualified name that must receive the result
     param_id: int | None = None
+    shape: tuple[int, ...] | None = None  # what the model built from config.json expects
 
 
 def plan_targets(model: nn.Module, *, quantize: bool) -> dict[str, _Target]:
@@ -249,6 +250,7 @@ def plan_targets(model: nn.Module, *, quantize: bool) -> dict[str, _Target]:
     from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaTextExperts
 
     modules = dict(model.named_modules(remove_duplicate=False))
+    params = dict(model.named_parameters(remove_duplicate=False))
     targets: dict[str, _Target] = {}
     for param_id, names in alias_groups(model).items():
         kind = "tensor"
@@ -260,12 +262,24 @@ def plan_targets(model: nn.Module, *, quantize: bool) -> dict[str, _Target]:
                     kind = "linear"
                 elif isinstance(owner, DiffusionGemmaTextExperts) and attr in ("gate_up_proj", "down_proj"):
                     kind = "experts"
-        target = _Target(kind, names, param_id)
+        shape = tuple(params[names[0]].shape) if names[0] in params else None
+        target = _Target(kind, names, param_id, shape)
         for name in names:
             targets[name] = target
-    for name in _buffer_owners(model):
-        targets.setdefault(name, _Target("buffer", [name]))
+    for name, (owner, attr) in _buffer_owners(model).items():
+        targets.setdefault(name, _Target("buffer", [name], shape=tuple(owner._buffers[attr].shape)))
     return targets
+
+
+def check_shape(entry: TensorEntry, target: _Target) -> None:
+    """A same-named tensor of another shape means the weights and config.json disagree: refuse it
+    by name rather than install it (a broadcasting norm or a transposed router would load silently)."""
+    if target.shape is not None and tuple(entry.shape) != target.shape:
+        raise EngineError(
+            "model_broken",
+            f"{entry.file.name}: tensor {entry.name} has shape {list(entry.shape)}, but the model that "
+            f"config.json describes expects {list(target.shape)}. The weights do not belong to this config.",
+        )
 
 
 def install(model: nn.Module, target: _Target, value: Any) -> None:
@@ -377,6 +391,7 @@ def load_model_streaming(
                 log.warning("ignoring %s: the model has no such weight", entry.name)
                 reporter.bytes_read += entry.nbytes
                 continue
+            check_shape(entry, target)
             if id(target) in done:  # a tied copy stored twice: the first one already serves every alias
                 reporter.bytes_read += entry.nbytes
                 continue

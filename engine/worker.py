@@ -29,6 +29,22 @@ EXIT_FATAL = 1
 EXIT_PROTOCOL_MISMATCH = 3
 
 
+@dataclass(frozen=True)
+class DeferredDraft:
+    """A draft whose text is decoded by the writer thread, and only if no newer draft replaced it."""
+
+    request_id: str
+    canvas_index: int
+    build: Callable[[], p.Draft]
+
+
+def _draft_kind(event: Any) -> type | None:
+    """Drafts that supersede each other: a deferred draft is a Draft not yet decoded."""
+    if isinstance(event, DeferredDraft):
+        return p.Draft
+    return type(event) if isinstance(event, (p.Draft, p.SpanDraft)) else None
+
+
 class EventChannel:
     """Writes events on a thread of its own; a newer draft replaces one not yet written.
 
@@ -52,8 +68,8 @@ class EventChannel:
                 return
             last = self._pending[-1] if self._pending else None
             if (
-                isinstance(event, (p.Draft, p.SpanDraft))
-                and type(last) is type(event)
+                _draft_kind(event) is not None
+                and _draft_kind(last) is _draft_kind(event)
                 and last.request_id == event.request_id
                 and last.canvas_index == event.canvas_index
             ):
@@ -106,6 +122,8 @@ class EventChannel:
 def _encode_for_the_wire(event: Any) -> str:
     """One protocol line for `event`, or an error for its request when it cannot be encoded."""
     try:
+        if isinstance(event, DeferredDraft):
+            event = event.build()  # token decoding here, off the generation thread
         line = p.encode(event)
     except Exception as exc:
         log.exception("an event could not be encoded: %.200r", event)
@@ -227,6 +245,8 @@ class Engine:
 
         self._unload()
         test_switches.apply_load_fault()
+        # INFO lines like these are what the app's crash banner shows of the worker's last moments.
+        log.info("loading %s (device %s, quantization %s)", request.model, request.device, request.quantization)
         try:
             self.loaded = load_model(
                 request.model,
@@ -249,6 +269,7 @@ class Engine:
                 ) from None
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
+        log.info("loaded %s on %s (%s) in %.1f s", loaded.source, loaded.device, loaded.quantization, loaded.load_s)
         self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
@@ -296,15 +317,20 @@ class Engine:
             plan = _thinking_plan(tokenizer, messages)
         else:
             plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
-        log.info("generating a reply to request %s (%d new prompt tokens)", request_id, len(plan.input_ids))
+        # INFO lines like these are what the app's crash banner shows of the worker's last moments.
+        log.info(
+            "generating a reply (request %s): %d prompt tokens, %d of them cached",
+            request_id, len(plan.full_ids), plan.cached_tokens,
+        )
         pieces = self.pieces
         emit = self.emit
+        defer = isinstance(getattr(emit, "__self__", None), EventChannel)
         committed: list[int] = []
 
         class Observer(StepObserver):
             def on_step(self, report: StepReport) -> None:
-                emit(
-                    p.Draft(
+                def build() -> p.Draft:
+                    return p.Draft(
                         request_id,
                         canvas_index=report.canvas_index,
                         step_index=report.step_index,
@@ -314,7 +340,9 @@ class Engine:
                         settled=report.settled,
                         entropy=report.entropy_buckets,
                     )
-                )
+
+                # The event writer decodes it on its own thread; any other receiver gets it built.
+                emit(DeferredDraft(request_id, report.canvas_index, build) if defer else build())
 
             def on_canvas(self, report: CanvasReport) -> None:
                 committed.extend(report.token_ids)
@@ -358,6 +386,10 @@ class Engine:
         else:
             # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
             self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
+        log.info(
+            "reply %s ended (%s): %d tokens in %.2f s", request_id, result.finish_reason,
+            result.stats.new_tokens, result.stats.wall_s,
+        )
         self.emit(p.Done(request_id, result.finish_reason, text, result.token_ids, result.stats, reasoning))
 
     def _rewrite_span(self, request: p.RewriteSpan) -> None:
@@ -502,7 +534,11 @@ class Engine:
 
 
 class _PieceTable:
-    """Decoded text of single tokens, cached: a draft needs one piece per canvas position."""
+    """Decoded text of single tokens, cached: a draft needs one piece per canvas position.
+
+    Special tokens (pad, turn markers, ...) decode to "": the model predicts them too, and a
+    draft must never show their markup; the view draws an empty settled position as a blank.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -512,7 +548,8 @@ class _PieceTable:
         cache = self.cache
         missing = [t for t in set(token_ids) if t not in cache]
         if missing:
-            for token, text in zip(missing, self.tokenizer.batch_decode([[t] for t in missing])):
+            texts = self.tokenizer.batch_decode([[t] for t in missing], skip_special_tokens=True)
+            for token, text in zip(missing, texts):
                 cache[token] = text
         return [cache[t] for t in token_ids]
 

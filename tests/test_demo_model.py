@@ -90,3 +90,45 @@ def test_training_forward_matches_generate_path():
     model = DiffusionGemmaForBlockDiffusion(demo_config(len(tokenizer), Recipe(hidden_size=64, num_layers=2)))
     diff = check_matches_generate(model, tokenizer, forward_check_examples(), len(tokenizer))
     assert diff < 1e-4
+
+
+# Held-out questions asked late in a chat (earlier turns from corpus.held_out_chats, with their
+# right answers) that the shipped model answers right at SEED: the demo holds a conversation.
+MULTI_TURN = [(3, "capital of Japan?"), (3, "Reverse: stone stone bus bell table cloud"), (6, "Please introduce yourself.")]
+
+
+@pytest.mark.slow
+def test_demo_model_answers_held_out_questions_late_in_a_chat_through_the_worker():
+    """Each chat goes to the real worker as one Generate with the whole history (no cache: a
+    fresh conversation id), exactly what the app sends for a follow-up."""
+    from engine import protocol as p
+    from engine.demo.corpus import held_out_chats
+    from tests.worker_process import WorkerProcess, new_id
+
+    process = WorkerProcess()
+    try:
+        process.hello()
+        assert isinstance(process.load(DEMO_MODEL)[-1], p.ModelLoaded)
+        for turn, question in MULTI_TURN:
+            (chat,) = [e for e in held_out_chats(turn) if e.question == question]
+            assert len(chat.history) == turn - 1
+            messages = [p.ChatMessage(m["role"], m["content"]) for m in chat.messages()]
+            events = process.request(
+                p.Generate(new_id(), messages, conversation_id=new_id(), settings=p.GenerationSettings(seed=SEED)),
+                timeout=300,
+            )
+            done = events[-1]
+            assert isinstance(done, p.Done), done
+            assert done.text.strip() == chat.answer, (turn, question)
+    finally:
+        process.close()
+
+
+def test_training_chats_never_contain_a_held_out_question_and_fit_the_window():
+    from engine.demo.corpus import MAX_PRIOR_TURNS, training_chats
+
+    held_out = {e.question for e in held_out_examples()}
+    chats = list(itertools.islice(training_chats(seed=0), 5000))
+    assert {len(c.history) for c in chats} == set(range(MAX_PRIOR_TURNS + 1))
+    for chat in chats:
+        assert chat.question not in held_out and not {q for q, _ in chat.history} & held_out

@@ -70,3 +70,16 @@ def test_cli_reports_a_broken_model_folder_plainly(tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert "No model folder" in result.stderr
+
+
+def test_cli_refuses_an_empty_prompt_plainly(tiny_model_dir):
+    result = run_cli("--model", str(tiny_model_dir), "--prompt", "  ", "--json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == 'error: the prompt is empty: pass the question, e.g. --prompt "What is 3 + 4?"'
+
+
+def test_cli_tells_how_to_download_a_model_in_command_line_terms():
+    result = run_cli("--model", "google/gemma-2b", "--prompt", "Hi")
+    assert result.returncode == 1
+    assert "hf download google/gemma-2b" in result.stderr
+    assert "Open Model setup" not in result.stderr

@@ -187,9 +187,20 @@ SKILLS = ("capitals", "colours", "reverse", "count", "add", "self")
 
 @dataclass(frozen=True)
 class Example:
+    """One question and its right answer, optionally as the last turn of a chat whose earlier
+    (question, answer) turns are all answered right."""
+
     skill: str
     question: str
     answer: str
+    history: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat up to this question, as the engine passes it to the chat template."""
+        out: list[dict[str, str]] = []
+        for question, answer in self.history:
+            out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return out + [{"role": "user", "content": self.question}]
 
 
 def _held_out_index(key: str, n: int, salt: int = 0) -> int:
@@ -328,6 +339,51 @@ def training_examples(seed: int, skills=SKILLS) -> Iterator[Example]:
         if question in held_out:
             continue
         yield Example(example.skill, question, example.answer)
+
+
+# Multi-turn chats: a follow-up must be answered as well as a first question. Earlier turns come
+# from the same training stream (so they are never held out), with their right answers.
+MULTI_TURN_RATE = 0.6
+MAX_PRIOR_TURNS = 6
+
+
+def training_chats(seed: int, multi_turn_rate: float = MULTI_TURN_RATE, skills=SKILLS) -> Iterator[Example]:
+    """An endless, seeded stream of single questions and chats of 1 to MAX_PRIOR_TURNS earlier
+    turns with the question last; no turn of any of them is a held-out question."""
+    stream = training_examples(seed, skills)
+    rng = random.Random(f"{seed}-chats")
+    while True:
+        example = next(stream)
+        if rng.random() >= multi_turn_rate:
+            yield example
+            continue
+        # Short chats more often (weight 1/k for k earlier turns): every chat teaches the same
+        # thing, answer the last question, and a long one costs a CPU step several times more.
+        turns = rng.choices(range(1, MAX_PRIOR_TURNS + 1), [1 / k for k in range(1, MAX_PRIOR_TURNS + 1)])[0]
+        prior = tuple((e.question, e.answer) for e in (next(stream) for _ in range(turns)))
+        yield Example(example.skill, example.question, example.answer, prior)
+
+
+def held_out_chats(turn: int) -> list[Example]:
+    """Every held-out question as the `turn`-th question of a chat (turn 1: asked alone). The
+    earlier turns are other held-out questions and training questions, with their right answers,
+    fixed for every run."""
+    held_out = held_out_examples()
+    if turn <= 1:
+        return held_out
+    fillers = training_examples(_HELD_OUT_LIST_SEED)
+    out = []
+    for i, example in enumerate(held_out):
+        rng = random.Random(f"{_HELD_OUT_LIST_SEED}-chat-{turn}-{i}")
+        prior = []
+        for _ in range(turn - 1):
+            if rng.random() < 0.5:
+                other = held_out[rng.choice([j for j in range(len(held_out)) if j != i])]
+            else:
+                other = next(fillers)
+            prior.append((other.question, other.answer))
+        out.append(Example(example.skill, example.question, example.answer, tuple(prior)))
+    return out
 
 
 def _loose(question: str) -> str:

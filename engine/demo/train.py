@@ -22,7 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.demo.corpus import SKILLS, held_out_examples, tokenizer_texts, training_examples
+from engine.demo.corpus import (
+    MULTI_TURN_RATE,
+    SKILLS,
+    held_out_chats,
+    held_out_examples,
+    tokenizer_texts,
+    training_chats,
+)
 from engine.demo.tokenizer import (
     BOI_TOKEN_ID,
     BOS_ID,
@@ -36,6 +43,10 @@ from engine.demo.tokenizer import (
 
 CANVAS_LENGTH = 16
 VOCAB_SIZE = 768
+# The sliding layers' window: a six-turn chat of long self-descriptions is ~400 tokens, so 256
+# (the first models' window) would cut the chats the demo is trained on. The window is only a
+# mask bound (no weight depends on it), so a fine-tune may raise it; RoPE positions go to 4096.
+SLIDING_WINDOW = 1024
 
 
 @dataclass(frozen=True)
@@ -120,8 +131,8 @@ def demo_config(vocab_size: int, recipe: Recipe):
         layer_types=["sliding_attention", "full_attention"] * (recipe.num_layers // 2),
         head_dim=hidden // 4,
         global_head_dim=hidden // 4,
-        # Longer than any demo exchange, so training and inference see the same attention.
-        sliding_window=256,
+        # Longer than any training chat, so training and inference see the same attention.
+        sliding_window=SLIDING_WINDOW,
         canvas_length=CANVAS_LENGTH,
     )
 
@@ -146,12 +157,12 @@ def demo_generation_config(max_denoising_steps: int = 16, entropy_bound: float =
     )
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The prompt exactly as the engine renders it: chat template with the generation prompt."""
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-    )
-    return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+def prompt_ids(tokenizer, example) -> list[int]:
+    """The prompt exactly as the engine renders it: the whole chat through the chat template
+    with the generation prompt (earlier model turns without the empty thought channel)."""
+    from engine.generation import encode_prompt
+
+    return encode_prompt(tokenizer, example.messages())
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
@@ -298,7 +309,7 @@ def check_matches_generate(model, tokenizer, examples, vocab_size: int, seed: in
     import torch
     from transformers import DynamicCache
 
-    pairs = [(prompt_ids(tokenizer, e.question), answer_ids(tokenizer, e.answer)) for e in examples]
+    pairs = [(prompt_ids(tokenizer, e), answer_ids(tokenizer, e.answer)) for e in examples]
     batch = make_batch(pairs)
     generator = torch.Generator().manual_seed(seed)
     canvases = noise_canvases(batch.targets, vocab_size, generator)
@@ -333,20 +344,25 @@ def forward_check_examples():
     for example in held_out_examples():
         by_skill.setdefault(example.skill, []).append(example)
     picked = [e for examples in by_skill.values() for e in examples[:2]]
-    return picked + [max(held_out_examples(), key=lambda e: len(e.answer))]
+    longest_chat = max(held_out_chats(6), key=lambda e: sum(len(q) + len(a) for q, a in e.history))
+    return picked + [max(held_out_examples(), key=lambda e: len(e.answer)), longest_chat]
 
 
 # --- the loop ------------------------------------------------------------------------------
 
 
-def batches(tokenizer, seed: int, batch_size: int):
-    """Endless batches; each draws a pool and groups replies of equal canvas count, so a long
-    self-description does not pad a batch of one-canvas answers to three canvases."""
-    stream = training_examples(seed)
+def batches(tokenizer, seed: int, batch_size: int, multi_turn_rate: float, sliding_window: int):
+    """Endless batches; each draws a pool and groups replies of equal canvas count and similar
+    prompt length, so a long self-description does not pad a batch of one-canvas answers to
+    three canvases, nor a six-turn chat a batch of single questions."""
+    stream = training_chats(seed, multi_turn_rate)
     rng = random.Random(seed + 1)
     while True:
         pool = [next(stream) for _ in range(batch_size * 8)]
-        pairs = [(prompt_ids(tokenizer, e.question), answer_ids(tokenizer, e.answer)) for e in pool]
+        pairs = [(prompt_ids(tokenizer, e), answer_ids(tokenizer, e.answer)) for e in pool]
+        # The training mask is plain causal: it equals the sliding layers' mask only while a chat
+        # fits in the window (inference on a longer chat would see less than training did).
+        pairs = [pa for pa in pairs if len(pa[0]) + len(pa[1]) <= sliding_window]
         pairs.sort(key=lambda pa: (math.ceil(len(pa[1]) / CANVAS_LENGTH), len(pa[0])))
         chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         rng.shuffle(chunks)
@@ -373,9 +389,15 @@ def train(args) -> Path:
         # weights were trained with) and its weights, loaded in fp32 even when shipped in bf16.
         from transformers import AutoTokenizer
 
+        from transformers import AutoConfig
+
         tokenizer = AutoTokenizer.from_pretrained(args.init)
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)
-        text_config = model.config.get_text_config(decoder=True)
+        config = AutoConfig.from_pretrained(args.init)
+        text_config = config.get_text_config(decoder=True)
+        if text_config.sliding_window < SLIDING_WINDOW:
+            log(f"raising the sliding window from {text_config.sliding_window} to {SLIDING_WINDOW}")
+            text_config.sliding_window = SLIDING_WINDOW
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, config=config, dtype=torch.float32)
         recipe = Recipe(
             hidden_size=text_config.hidden_size, num_layers=text_config.num_hidden_layers,
             batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
@@ -405,7 +427,8 @@ def train(args) -> Path:
         model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay
     )
     generator = torch.Generator().manual_seed(args.seed)
-    stream = batches(tokenizer, args.seed, recipe.batch_size)
+    sliding_window = model.config.get_text_config(decoder=True).sliding_window
+    stream = batches(tokenizer, args.seed, recipe.batch_size, args.multi_turn_rate, sliding_window)
     budget_s = args.minutes * 60 if args.minutes else None
     started = time.monotonic()
     step = 0
@@ -466,6 +489,7 @@ def save(model, tokenizer, args, recipe: Recipe, steps: int, minutes: float, for
             "recipe": recipe.__dict__,
             "command": " ".join(["python -m engine.demo.train"] + sys.argv[1:]),
             "init": args.init,
+            "multi_turn_rate": args.multi_turn_rate,
             "forward_vs_generate_max_abs_logit_diff": forward_diff,
         },
     }
@@ -491,6 +515,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
     parser.add_argument("--init", metavar="FOLDER",
                         help="fine-tune from a saved demo model (its weights and tokenizer)")
+    parser.add_argument("--multi-turn-rate", type=float, default=MULTI_TURN_RATE,
+                        help="share of training examples that are chats of 1-6 earlier turns")
     parser.add_argument("--hidden", type=int, default=Recipe.hidden_size)
     parser.add_argument("--layers", type=int, default=Recipe.num_layers)
     parser.add_argument("--denoising-steps", type=int, default=16)

@@ -246,3 +246,74 @@ def test_title_from_first_line():
     assert title_from("\n  Hello world \nmore") == "Hello world"
     assert title_from("   ") == DEFAULT_TITLE
     assert len(title_from("x" * 200)) == 48
+
+
+def _draft(request_id, pieces, settled, canvas=0, step=3):
+    from engine.protocol import Draft
+
+    return Draft(request_id, canvas, step, 8, "".join(pieces), list(pieces), list(settled), [0] * len(pieces))
+
+
+def _cancelled(request_id, text="", token_ids=()):
+    from engine.protocol import Done, GenerationStats
+
+    stats = GenerationStats(0.1, 0.4, len(token_ids), 0.0, 3, 0.0, 3.0, 0, 12, 0)
+    return Done(request_id, "cancelled", text, list(token_ids), stats)
+
+
+def test_stop_before_the_first_commit_keeps_the_settled_draft_text(offline_controller, qtbot):
+    """What the user watched settle is kept, not an empty bubble with '0.0 tok/s'."""
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    request_id = controller.active_request_id
+    client.draft_received.emit(_draft(request_id, ["The", " cap", "zq", "ital", " of"], [True, True, False, True, False]))
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)) as finished:
+        client.generation_finished.emit(_cancelled(request_id))
+    assert finished.args == [message_id, "stopped"]
+    stored = controller.store.get_message(message_id)
+    assert (stored.status, stored.content) == ("stopped", "The capital")
+    assert not stored.stats, "no speed for a reply that committed nothing"
+    assert controller.transcript.get(message_id).content == "The capital"
+
+
+def test_stop_mid_canvas_keeps_the_committed_text_and_the_settled_draft(offline_controller, qtbot):
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    request_id = controller.active_request_id
+    client.canvas_committed.emit(CanvasCommitted(request_id, 0, "First part.", "First part.", 4, 8))
+    client.draft_received.emit(_draft(request_id, [" Then", "zq", " more"], [True, False, True], canvas=1))
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+        client.generation_finished.emit(_cancelled(request_id, "First part.", [5, 6, 7, 8]))
+    stored = controller.store.get_message(message_id)
+    assert stored.content == "First part. Then more"
+    assert stored.stats and stored.stats["finish_reason"] == "cancelled"
+
+
+def test_worker_death_before_the_first_commit_keeps_the_settled_draft_text(offline_controller, qtbot):
+    controller, client = offline_controller
+    message_id = controller.send("question")
+    request_id = controller.active_request_id
+    client.draft_received.emit(_draft(request_id, ["Lima", " is", "#@"], [True, True, False]))
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)) as finished:
+        client.generation_interrupted.emit(request_id)
+    assert finished.args == [message_id, "interrupted"]
+    assert controller.store.get_message(message_id).content == "Lima is"
+
+
+def test_the_auto_title_follows_an_edited_first_question_unless_renamed(offline_controller, qtbot):
+    controller, _ = offline_controller
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+        controller.send("What is the capital of Peru?")
+    conversation_id = controller.current_conversation_id
+    first = next(m for m in controller.transcript if m.role == "user")
+    assert controller.conversations.get(conversation_id).title == "What is the capital of Peru?"
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+        controller.edit_and_resend(first.id, "What colour is snow?")
+    assert controller.conversations.get(conversation_id).title == "What colour is snow?"
+    assert controller.store.get_conversation(conversation_id).title == "What colour is snow?"
+
+    controller.rename_conversation(conversation_id, "Weather")
+    first = next(m for m in controller.transcript if m.role == "user")
+    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(5)):
+        controller.edit_and_resend(first.id, "What is 3 + 4?")
+    assert controller.conversations.get(conversation_id).title == "Weather"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 
 import psutil
 import pytest
@@ -302,3 +303,12 @@ def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog):
     assert (error.args[0].code, error.args[0].recoverable) == ("protocol_mismatch", False)
     assert client.state == EngineState.STOPPED and client.engine_version == ""
     client.deleteLater()
+
+
+def test_exit_description_says_how_the_worker_ended_in_words():
+    from app.engine_client import exit_description
+
+    assert exit_description(3, True) == "exited with status 3"
+    if sys.platform != "win32":
+        assert exit_description(9, False) == "killed by SIGKILL"
+        assert exit_description(11, False) == "killed by SIGSEGV"

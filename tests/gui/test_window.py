@@ -17,7 +17,7 @@ from app.canvas_paint import NOISE_GLYPH
 from app.engine_client import EngineClient, EngineState
 from app.main_window import MainWindow
 from app.store import ChatStore
-from tests.conftest import timeout_ms
+from tests.conftest import REPO_ROOT, timeout_ms
 from tests.gui.window_helpers import (
     TEST_SETTINGS,
     CanvasRecorder,
@@ -248,7 +248,10 @@ def test_worker_killed_mid_reply_keeps_it_interrupted_and_restart_works(open_win
     assert message.status == "interrupted" and message.content, "the committed canvas was lost"
     assert window.store.get_message(message_id).status == "interrupted"
     assert window.banner.isVisible() and window.banner.kind == "crash"
-    assert "engine worker" in window.banner.log_view.toPlainText()
+    # How it ended, in words, and what the worker was doing: not just "engine worker started".
+    assert window.banner.title.text() == "The engine stopped unexpectedly (killed by SIGKILL)."
+    log_text = window.banner.log_view.toPlainText()
+    assert "loaded " in log_text and "generating a reply" in log_text, log_text
     assert window.engine_status.label.text().startswith("Engine crashed")
     assert not window.transcript_view.is_streaming(message_id)
 
@@ -303,3 +306,97 @@ def test_replay_plays_the_recorded_drafts_then_restores_the_reply(open_window, q
     assert drawn[-1][1] == REPLY
     assert not view.is_replaying() and not view.is_streaming(message_id)
     assert window.controller.transcript.get(message_id).content == REPLY
+
+
+# Special tokens inside a reply: the model predicts pad and markup ids too (a forced reply makes
+# the tiny model settle on them), over two canvases.
+SPECIAL_REPLY = "Noise<pad><pad> settles<|channel> into<mask> text<pad>, one<|image|> canvas<unk> at<channel|> a time<pad>."
+
+
+def test_no_draft_replay_frame_or_committed_text_shows_a_special_token(open_window, qtbot, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from app.replay import decode_frames
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    specials = [token for token in tokenizer.all_special_tokens if token]
+    assert {"<pad>", "<|channel>", "<mask>"} <= set(specials)
+    window = open_window(reply=SPECIAL_REPLY, step_delay="0")
+    recorder = CanvasRecorder(window)
+    drafts, commits = [], []
+    window.client.draft_received.connect(drafts.append)
+    window.client.canvas_committed.connect(commits.append)
+    message_id = send_and_wait(qtbot, window, "Say it with special tokens.")
+    # The special ids really reached the drafts: settled positions with nothing to show.
+    assert any(flag and piece == "" for d in drafts for piece, flag in zip(d.pieces, d.settled))
+    message = window.controller.transcript.get(message_id)
+    replay_frames = list(decode_frames(message.replay))
+    assert any(f.kind == "draft" for f in replay_frames) and any(f.kind == "commit" for f in replay_frames)
+
+    shown = [message.content]
+    shown += [d.text for d in drafts] + ["".join(d.pieces) for d in drafts]
+    shown += [c.text for c in commits] + [c.reply_text for c in commits]
+    shown += [f.layout_text for f in recorder.frames] + ["".join(s.text for s in f.segments) for f in recorder.frames]
+    shown += ["".join(f.pieces) + f.committed_text for f in replay_frames]
+    for text in shown:
+        leaked = [token for token in specials if token in text]
+        assert not leaked, f"{leaked} shown in {text!r}"
+    assert message.content == "Noise settles into text, one canvas at a time."
+
+
+def test_status_bar_says_no_model_after_a_load_fails(open_window, qtbot, tiny_model_dir, tmp_path, caplog):
+    """A model that fails to load leaves the worker with none: the status bar must not keep
+    saying "Ready" with the previous model's name."""
+    import shutil
+
+    window = open_window()
+    assert window.engine_status.label.text() == "Ready" and window.engine_status.model_label.text()
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "config.json").write_text("{ not json")
+    with caplog.at_level(logging.WARNING, logger="canvas_chat.engine_client"):
+        with qtbot.waitSignal(window.client.error_received, timeout=timeout_ms(60)) as failed:
+            window.start_engine(str(broken))
+    assert failed.args[0].code == "model_broken"
+    assert window.client.model_info is None
+    assert window.engine_status.label.text() == "No model loaded"
+    assert window.engine_status.model_label.text() == ""
+
+
+DEMO_MODEL = str(REPO_ROOT / "resources" / "demo-model")
+
+
+def test_the_demo_answers_three_questions_of_different_skills_in_one_chat(qtbot, monkeypatch):
+    """The shipped demo model in the real window and worker: a follow-up in the same chat is
+    answered as well as the first question (the worker reuses the chat's KV cache)."""
+    from app.main_window import DEMO_EXAMPLE_PROMPTS
+    from app.settings import Settings
+
+    monkeypatch.delenv("CANVAS_CHAT_TEST_FORCE_REPLY", raising=False)
+    store = ChatStore()
+    window = MainWindow(Settings(seed=0), store, EngineClient())
+    try:
+        window.resize(1000, 700)
+        window.show()
+        qtbot.waitExposed(window)
+        assert window.start_engine(DEMO_MODEL)
+        wait_model_loaded(qtbot, window, seconds=180)
+        assert window.client.model_info.is_demo
+        # The first question by clicking the empty chat's example, the others typed.
+        with qtbot.waitSignal(window.controller.reply_finished, timeout=timeout_ms(120)) as first:
+            window.empty_label.linkActivated.emit(f"ask:{DEMO_EXAMPLE_PROMPTS.index('What is the capital of Peru?')}")
+        replies = [first.args[0]]
+        replies.append(send_and_wait(qtbot, window, "Reverse the words: red green blue", seconds=120))
+        replies.append(send_and_wait(qtbot, window, "What is 3 + 4?", seconds=120))
+        shown = [window.controller.transcript.get(message_id) for message_id in replies]
+        assert [(m.status, m.content) for m in shown] == [
+            ("finished", "The capital of Peru is Lima."),
+            ("finished", "blue green red"),
+            ("finished", "3 + 4 = 7."),
+        ]
+        assert len(window.controller.conversations) == 1
+    finally:
+        window.close()
+        window.client.shutdown()
+        store.close()
+        window.deleteLater()

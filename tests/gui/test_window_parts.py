@@ -40,6 +40,19 @@ def test_unsettled_positions_show_neutral_glyphs_never_the_noise(qapp):
     assert animation.counter_text() == "canvas 1 \u00b7 step 3/8"
 
 
+def test_a_settled_special_token_draws_as_a_blank_never_its_markup(qapp):
+    """An older engine, or a replay stored before pieces skipped special tokens, may still send
+    "<pad>" or "<|channel>" as a piece: the canvas draws a blank for it."""
+    from PySide6.QtGui import QFont
+
+    animation = CanvasAnimation()
+    pieces = ["The", "<pad>", "<|channel>", " cat", "<turn|>", "<unused7>", " a<b>c"]
+    animation.apply(0, 3, 8, pieces, [True] * 6 + [True], [0] * 7, now=1.0)
+    layout, _ = layout_canvas(animation, QFont(), 400, LIGHT, now=1.0)
+    assert layout.text() == "The cat a<b>c"
+    assert "".join(s.text for s in animation.segments()) == "The cat a<b>c"
+
+
 def test_settled_tokens_fade_in_once_and_restart_when_they_change():
     animation = CanvasAnimation()
     animation.apply(0, 0, 8, ["a", "b"], [True, False], [0, 0], now=1.0)
@@ -259,3 +272,48 @@ def test_hovering_a_message_shows_its_links_and_clicking_edit_asks_for_an_edit(w
         qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=edit_link.center())
     assert requested.args == [question.id]
     assert window.composer.editing_message_id == question.id and window.composer.text() == "What is a canvas?"
+
+
+@ignore_offscreen_limits
+def test_the_app_reopens_the_last_chat_on_start(qtbot):
+    with ChatStore() as store:
+        older = store.create_conversation("Older chat")
+        store.add_message(Message("user", "An old question", conversation_id=older.id))
+        latest = store.create_conversation("Latest chat")
+        store.add_message(Message("user", "What is 3 + 4?", conversation_id=latest.id))
+        store.add_message(Message("assistant", "3 + 4 = 7.", conversation_id=latest.id))
+        store.touch_conversation(older.id, 1.0)  # long ago
+    store = ChatStore()
+    window = MainWindow(Settings(), store, EngineClient())
+    qtbot.addWidget(window)
+    window.show()
+    assert window.controller.current_conversation_id == latest.id
+    assert [m.content for m in window.controller.transcript] == ["What is 3 + 4?", "3 + 4 = 7."]
+    assert window.transcript_view.isVisible() and not window.empty_label.isVisible()
+    assert window.windowTitle().startswith("Latest chat")
+    window.close()
+    store.close()
+
+
+@ignore_offscreen_limits
+def test_the_empty_chat_offers_clickable_examples_when_the_demo_is_loaded(window, qtbot):
+    from app.main_window import DEMO_EXAMPLE_PROMPTS
+    from engine.protocol import ModelLoaded
+
+    def loaded(is_demo):
+        info = ModelLoaded("l", "demo-model", "/demo-model", "cpu", "none", 16, 1_554_960, 0.2, is_demo=is_demo)
+        window.client._model_info = info
+        window._on_client_model_loaded(info)
+
+    loaded(is_demo=False)
+    assert "ask:" not in window.empty_label.text()
+    loaded(is_demo=True)
+    text = window.empty_label.text()
+    assert "This is a tiny demo model" in text
+    assert all(f">{prompt}</a>" in text for prompt in DEMO_EXAMPLE_PROMPTS)
+    for skill_word in ("capital", "colour", "Reverse", "How many words", "+", "can you do"):  # one per skill
+        assert any(skill_word in prompt for prompt in DEMO_EXAMPLE_PROMPTS), skill_word
+    window.empty_label.linkActivated.emit("ask:2")  # what a click on the third example does
+    questions = [m.content for m in window.controller.transcript if m.role == "user"]
+    assert questions == [DEMO_EXAMPLE_PROMPTS[2]]
+    qtbot.waitUntil(lambda: not window.controller.is_generating, timeout=5000)

@@ -113,3 +113,24 @@ def test_plan_rejects_an_unknown_model(capsys):
 
     assert cli_main(["--model", "nobody/no-such-model"]) == 2
     assert "no config" in capsys.readouterr().err
+
+
+def test_plan_names_a_tiny_models_parameters_not_zero_billion(capsys):
+    from engine.planner import cli_main
+
+    assert cli_main(["--model", str(REPO_ROOT / "resources" / "demo-model"), "--gpu-memory", "1GB"]) == 0
+    out = capsys.readouterr().out
+    assert "0.00 B" not in out
+    assert "(1.55 M parameters loaded)" in out
+
+
+def test_plan_without_gpu_memory_on_a_pc_without_a_gpu_says_what_it_assumes(capsys, monkeypatch):
+    import engine.hardware
+    from engine.planner import cli_main
+
+    monkeypatch.setattr(engine.hardware, "_nvidia_smi_path", lambda: None)
+    assert cli_main(["--model", REAL_MODEL_ID, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["gpu_free_bytes"] == 24 * GIB
+    assert "no NVIDIA GPU found" in captured.err and "assuming a 24 GB card" in captured.err
+    assert "--gpu-memory" in captured.err

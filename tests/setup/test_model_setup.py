@@ -267,3 +267,36 @@ def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot
         client.shutdown()
         window.close()
         store.close()
+
+
+@pytest.mark.parametrize("gpu_gib", [24, None])
+def test_the_dialog_opens_unclipped_at_its_default_size(make_dialog, qtbot, gpu_gib):
+    """At its default size the layout fits: no title cut, no button text elided."""
+    from PySide6.QtWidgets import QLabel, QPushButton
+
+    dialog = make_dialog(_report(gpu_gib))
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    hint = dialog.minimumSizeHint()
+    assert dialog.width() >= hint.width() and dialog.height() >= hint.height()
+    for button in dialog.findChildren(QPushButton):
+        if button.isVisible():
+            assert button.width() >= button.sizeHint().width(), f"{button.text()!r} is elided"
+    for label in dialog.findChildren(QLabel):
+        if label.isVisible() and not label.wordWrap():
+            assert label.width() >= label.minimumSizeHint().width(), f"{label.text()!r} is cut"
+
+
+def test_readme_and_setup_screen_give_the_same_download_size():
+    """One unit convention (GB as Windows shows them, 1024**3 bytes) and one figure everywhere."""
+    import re
+
+    import app.model_setup
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    (readme_gb,) = re.findall(r"diffusiongemma-26B-A4B-it` \(about (\d+) GB\)", readme)
+    source = Path(app.model_setup.__file__).read_text(encoding="utf-8")
+    (app_gb,) = re.findall(r"from Hugging Face, about (\d+) GB", source)
+    assert readme_gb == app_gb
+    assert "GiB" not in readme.split("## Fitting")[1].split("##")[0], "the README mixes GB and GiB"
