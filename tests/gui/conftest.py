@@ -1,14 +1,12 @@
-"""Fixtures for the GUI-side tests (tests/gui/): Qt warnings and unexpected log records fail a
-test, a store in the isolated home, and engine clients that are always shut down.
+"""Fixtures for the GUI-side tests (tests/gui/): Qt warnings fail a test (unexpected log records
+do in every test: tests/conftest.py), a store in the isolated home, and engine clients that are
+always shut down.
 
-Expecting a log record: `with caplog.at_level(logging.WARNING, logger="canvas_chat.store"):` —
-a record whose logger level equals its own level counts as expected (qutebrowser's logfail).
 Expecting a Qt warning: `@pytest.mark.qt_log_ignore("regex")`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -16,45 +14,12 @@ import pytest
 
 from tests.conftest import timeout_ms
 
-# Loggers whose WARNING+ records fail a test unless the test expects them.
-CHECKED_LOGGER = "canvas_chat"
-
-
-class _LogRecorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.unexpected: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "worker_line", False):
-            return  # the worker's own stderr, forwarded; engine tests judge those
-        if logging.getLogger(record.name).level == record.levelno:
-            return  # caplog.at_level(record level, logger=record.name): expected
-        root = logging.getLogger()
-        if root.level == record.levelno and record.name == "root":
-            return
-        self.unexpected.append(record)
-
-
 @pytest.fixture(autouse=True)
 def fail_on_qt_warnings(request):
     """A Qt warning (or critical) during the test body fails it (pytest-qt's qt_log_level_fail)."""
     if request.node.get_closest_marker("qt_log_level_fail") is None:
         request.node.add_marker(pytest.mark.qt_log_level_fail("WARNING"))
     yield
-
-
-@pytest.fixture(autouse=True)
-def fail_on_unexpected_logs():
-    """A WARNING or worse on a canvas_chat logger fails the test unless it was expected."""
-    recorder = _LogRecorder()
-    logger = logging.getLogger(CHECKED_LOGGER)
-    logger.addHandler(recorder)
-    yield recorder
-    logger.removeHandler(recorder)
-    if recorder.unexpected:
-        lines = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in recorder.unexpected]
-        pytest.fail("unexpected log records:\n" + "\n".join(lines))
 
 
 @pytest.fixture
@@ -117,6 +82,8 @@ def shared_engine_client(qapp, tiny_model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CANVAS_CHAT_HOME", str(home))
         patch.setenv("HF_HOME", str(home / "hf"))
+        patch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+        patch.setenv("HUGGINGFACE_HUB_CACHE", str(home / "hf" / "hub"))
         patch.setenv("CANVAS_CHAT_TEST_FORCE_REPLY", REPLY)
         patch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.02")
         patch.delenv("CANVAS_CHAT_TEST_FAULT", raising=False)

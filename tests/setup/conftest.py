@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui.conftest import fail_on_qt_warnings, fail_on_unexpected_logs  # noqa: F401  (same discipline)
+from tests.gui.conftest import fail_on_qt_warnings  # noqa: F401  (same discipline; log records: tests/conftest.py)
 from tests.setup.hub_server import FakeHub
 
 REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
