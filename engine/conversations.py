@@ -1,9 +1,10 @@
-"""Per-conversation KV caches, so a follow-up turn encodes only its new tokens.
+"""Per-conversation KV caches: a follow-up turn re-encodes only what the cache does not hold.
 
-The cache that `generate()` returns holds everything but the last canvas. A follow-up feeds
-the rest of the exact token history it generated (the last canvas up to its EOS), then the
-new turn as the chat template renders it. Anything else — an edited or regenerated history,
-a different system prompt, a reply cut by length or cancelled — is re-encoded from scratch.
+The model is always conditioned on the chat template's rendering of the whole conversation
+(what stock transformers would feed it). The cache kept for a conversation covers exactly a
+prefix of that rendering — the conversation up to the end of the last user turn, before the
+generation prompt, which the template renders differently once the reply is a past turn — and a
+follow-up reuses it only if its own rendering starts with those very tokens.
 """
 
 from __future__ import annotations
@@ -13,32 +14,34 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from engine.generation import encode_prompt, render_prompt
+from engine.generation import encode_prompt
 
 log = logging.getLogger("canvas_chat.engine.conversations")
 
 
 @dataclass
-class CachedConversation:
-    messages: list[dict[str, str]]  # system prompt first, the generated reply last
-    token_history: list[int]  # every token fed or generated, up to the reply's EOS
-    eos_text: str  # the EOS token as text, to find where the template closes the turn
+class CachedPrefix:
+    token_ids: list[int]  # the rendered conversation's first tokens, which the cache holds exactly
     past_key_values: Any
-    cached_tokens: int  # how many of token_history the cache holds
 
 
 @dataclass
 class PromptPlan:
-    input_ids: list[int]  # what to feed generate()
-    full_ids: list[int]  # the whole conversation's tokens, cached part included
-    past_key_values: Any
+    full_ids: list[int]  # the chat template's rendering of the whole conversation
+    past_key_values: Any  # holds full_ids[:cached_tokens], or None
     cached_tokens: int
+    keep_prefix: int  # encode full_ids up to here first and keep a copy of that cache (0: keep nothing)
+
+    @property
+    def input_ids(self) -> list[int]:
+        """What generate() still has to encode."""
+        return self.full_ids[self.cached_tokens :]
 
 
 class ConversationCaches:
     def __init__(self, max_conversations: int = 4):
         self.max_conversations = max_conversations
-        self._entries: OrderedDict[str, CachedConversation] = OrderedDict()
+        self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,57 +54,38 @@ class ConversationCaches:
 
     def plan(self, tokenizer, conversation_id: str, messages: list[dict[str, str]], reuse_cache: bool) -> PromptPlan:
         """How to encode `messages` (ending with the new user turn) given what is cached."""
-        entry = self._entries.get(conversation_id) if conversation_id else None
-        continuation = self._continuation_ids(tokenizer, entry, messages) if entry else None
-        if continuation is None:
-            if entry is not None:
-                log.info("conversation %s: history changed, re-encoding", conversation_id)
-                self.drop(conversation_id)
-            full_ids = encode_prompt(tokenizer, messages)
-            return PromptPlan(full_ids, full_ids, None, 0)
-        full_ids = entry.token_history + continuation
-        if not reuse_cache:
-            return PromptPlan(full_ids, full_ids, None, 0)
-        # The cache is mutated by generate(): from here on this entry is spent.
-        self._entries.pop(conversation_id)
-        return PromptPlan(full_ids[entry.cached_tokens :], full_ids, entry.past_key_values, entry.cached_tokens)
+        full_ids = encode_prompt(tokenizer, messages)
+        if not conversation_id or not reuse_cache:
+            return PromptPlan(full_ids, None, 0, 0)  # stock generate(); the conversation's cache stays as it is
+        keep = stable_prefix_length(tokenizer, messages, full_ids)
+        # The cache is mutated by generate(): from here on the entry is spent either way.
+        entry = self._entries.pop(conversation_id, None)
+        if entry is not None:
+            cached = len(entry.token_ids)
+            if cached <= keep and full_ids[:cached] == entry.token_ids:
+                return PromptPlan(full_ids, entry.past_key_values, cached, keep)
+            log.info("conversation %s: history changed, re-encoding", conversation_id)
+        return PromptPlan(full_ids, None, 0, keep)
 
-    def remember(
-        self,
-        tokenizer,
-        conversation_id: str,
-        messages: list[dict[str, str]],
-        reply_text: str,
-        full_ids: list[int],
-        reply_ids: list[int],
-        past_key_values: Any,
-    ) -> None:
-        """Keeps the cache of a turn that ended with EOS (others are re-encoded next time)."""
-        if not conversation_id or past_key_values is None:
+    def remember(self, conversation_id: str, token_ids: list[int], past_key_values: Any) -> None:
+        """Keeps a cache that holds exactly `token_ids`, the start of the conversation's rendering."""
+        if not conversation_id or past_key_values is None or not token_ids:
             return
-        eos_text = tokenizer.decode(reply_ids[-1:]) if reply_ids else ""
-        history = list(full_ids) + list(reply_ids)
-        self._entries[conversation_id] = CachedConversation(
-            messages=[*messages, {"role": "assistant", "content": reply_text}],
-            token_history=history,
-            eos_text=eos_text,
-            past_key_values=past_key_values,
-            cached_tokens=past_key_values.get_seq_length(),
-        )
+        self._entries[conversation_id] = CachedPrefix(list(token_ids), past_key_values)
         self._entries.move_to_end(conversation_id)
         while len(self._entries) > self.max_conversations:
             self._entries.popitem(last=False)
 
-    @staticmethod
-    def _continuation_ids(tokenizer, entry: CachedConversation, messages: list[dict[str, str]]) -> list[int] | None:
-        previous = entry.messages
-        if len(messages) <= len(previous) or messages[: len(previous)] != previous or not entry.eos_text:
-            return None
-        closed = render_prompt(tokenizer, previous, add_generation_prompt=False)
-        extended = render_prompt(tokenizer, messages, add_generation_prompt=True)
-        end_of_reply = closed.rfind(entry.eos_text)
-        if end_of_reply < 0 or not extended.startswith(closed):
-            return None
-        # What the template writes after the reply's EOS (e.g. "\n"), then the new turn.
-        new_text = closed[end_of_reply + len(entry.eos_text) :] + extended[len(closed) :]
-        return tokenizer.encode(new_text, add_special_tokens=False)
+
+def stable_prefix_length(tokenizer, messages: list[dict[str, str]], full_ids: list[int]) -> int:
+    """How many leading tokens of `full_ids` the next turn's rendering will share: the messages
+    rendered without the generation prompt, as far as they agree with `full_ids` token for token.
+    Always leaves at least one token for generate() to encode."""
+    closed = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False, return_dict=True)
+    closed_ids = list(closed["input_ids"])
+    shared = 0
+    for ours, theirs in zip(full_ids, closed_ids):
+        if ours != theirs:
+            break
+        shared += 1
+    return min(shared, len(full_ids) - 1)

@@ -7,6 +7,7 @@ and random draws, so a seeded run gives exactly the tokens of stock `generate()`
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -239,6 +240,9 @@ class GenerationResult:
     stats: GenerationStats
     past_key_values: Any = None
     prompt_ids: list[int] = field(default_factory=list)
+    # The cache as it was after encoding the first `keep_prefix` prompt tokens (run_generation's
+    # argument), untouched by the reply: what a conversation's next turn can start from.
+    prefix_cache: Any = None
 
 
 class StepObserver:
@@ -496,15 +500,21 @@ def run_generation(
     should_stop: Callable[[], bool] = lambda: False,
     past_key_values: Any = None,
     cached_tokens: int = 0,
+    keep_prefix: int = 0,
     forced_reply: str | None = None,
 ) -> GenerationResult:
-    """Generates a reply to `input_ids` (the uncached part of the prompt when a cache is given)."""
+    """Generates a reply to `input_ids` (the uncached part of the prompt when a cache is given).
+
+    With `keep_prefix` (a count of prompt tokens, cached ones included), the prompt is encoded in
+    two parts and a copy of the cache after the first part comes back as `prefix_cache`.
+    """
     from transformers import LogitsProcessorList
 
     check_settings(model, settings)
     observer = observer or StepObserver()
     kwargs = generation_kwargs(model, settings)
-    check_context_length(model, cached_tokens + len(input_ids), kwargs["max_new_tokens"])
+    prompt_tokens = cached_tokens + len(input_ids)
+    check_context_length(model, prompt_tokens, kwargs["max_new_tokens"])
     eos_ids = eos_token_ids(model, tokenizer)
     logits_processor = kwargs.pop("logits_processor", None)
     generation_config, unused = model._prepare_generation_config(None, **kwargs)
@@ -512,6 +522,17 @@ def run_generation(
         raise EngineError("bad_settings", f"Unknown generation settings: {', '.join(sorted(unused))}.")
     max_steps = generation_config.max_denoising_steps
 
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    prefix_cache = None
+    if keep_prefix:
+        split = keep_prefix - cached_tokens
+        if not 0 <= split < len(input_ids):
+            raise ValueError(f"keep_prefix {keep_prefix} is outside the uncached prompt ({cached_tokens}+{len(input_ids)})")
+        past_key_values = encode_into_cache(model, input_ids[:split], past_key_values, cached_tokens)
+        # generate() appends to the cache it is given: the copy is what the next turn starts from.
+        prefix_cache = copy.deepcopy(past_key_values)
+        input_ids = input_ids[split:]
     if forced_reply is None:
         forced_reply = test_switches.forced_reply()
     if forced_reply is not None:
@@ -523,10 +544,8 @@ def run_generation(
             [ForcedReplyProcessor(target, pad_id, len(input_ids), model.config.canvas_length, max_steps)]
         )
 
-    device = next(model.parameters()).device
     prompt = torch.tensor([input_ids], dtype=torch.long, device=device)
     counters = _LoopCounters()
-    started = time.perf_counter()
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     cancelled = False
@@ -564,7 +583,7 @@ def run_generation(
         tokens_per_forward=round(len(token_ids) / forwards, 4) if forwards else 0.0,
         steps_per_canvas=round(forwards / canvases, 3) if canvases else 0.0,
         canvases=canvases,
-        prompt_tokens=len(input_ids) + cached_tokens,
+        prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
     )
     return GenerationResult(
@@ -573,7 +592,38 @@ def run_generation(
         stats=stats,
         past_key_values=None if cancelled or counters.sequences is None else counters.past_key_values,
         prompt_ids=list(input_ids),
+        prefix_cache=prefix_cache,
     )
+
+
+@torch.no_grad()
+def encode_into_cache(model, token_ids: list[int], past_key_values: Any, cached_tokens: int) -> Any:
+    """Runs the encoder over `token_ids` after the `cached_tokens` the cache holds, as generate()'s
+    prefill would (same position ids and masks; transformers 5.23 internals), and returns the cache."""
+    if past_key_values is None:
+        from transformers import DynamicCache
+
+        past_key_values = DynamicCache(config=model.config.get_text_config(decoder=True))
+    if not token_ids:
+        return past_key_values
+    device = next(model.parameters()).device
+    ids = torch.tensor([token_ids], dtype=torch.long, device=device)
+    end = cached_tokens + len(token_ids)
+    position_ids = torch.arange(cached_tokens, end, dtype=torch.int32, device=device).unsqueeze(0)
+    attention_mask = torch.ones((1, end), dtype=torch.bool, device=device)
+    unprocessed, mask_mapping = model._prepare_encoder_inputs(
+        input_ids=ids,
+        attention_mask=attention_mask,
+        encoder_position_ids=position_ids,
+        past_key_values=past_key_values,
+        is_prefill=True,
+        canvas_length=model.config.canvas_length,
+        batch_size=1,
+    )
+    outputs = model.model.encoder(
+        input_ids=unprocessed, attention_mask=mask_mapping, past_key_values=past_key_values, position_ids=position_ids
+    )
+    return outputs.past_key_values
 
 
 def render_prompt(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:

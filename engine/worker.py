@@ -233,10 +233,8 @@ class Engine:
                 should_stop=lambda: self.cancels.is_cancelled(request_id),
                 past_key_values=plan.past_key_values,
                 cached_tokens=plan.cached_tokens,
+                keep_prefix=plan.keep_prefix,
             )
-        except BaseException:
-            self.caches.drop(request.conversation_id)
-            raise
         finally:
             self.cancels.forget(request_id)
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
@@ -247,12 +245,9 @@ class Engine:
             parsed = parse_reply(tokenizer, plan.full_ids, result.token_ids)
             text, reasoning = parsed.get("content") or "", parsed.get("reasoning_content") or ""
             self.caches.drop(request.conversation_id)  # a thinking turn re-renders differently next time
-        elif result.finish_reason == "eos":
-            self.caches.remember(
-                tokenizer, request.conversation_id, messages, text, plan.full_ids, result.token_ids, result.past_key_values
-            )
         else:
-            self.caches.drop(request.conversation_id)
+            # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
+            self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
         log.info(
             "reply %s ended (%s): %d tokens in %.2f s", request_id, result.finish_reason,
             result.stats.new_tokens, result.stats.wall_s,
@@ -427,7 +422,7 @@ def _thinking_plan(tokenizer, messages: list[dict[str, str]]):
     from engine.conversations import PromptPlan
 
     ids = encode_chat(tokenizer, messages, thinking=True)
-    return PromptPlan(ids, ids, None, 0)
+    return PromptPlan(ids, None, 0, 0)
 
 
 def _answer_of(tokenizer, prompt_ids: list[int], reply_ids: list[int]) -> str:

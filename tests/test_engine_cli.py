@@ -11,8 +11,10 @@ from tests.conftest import PYTHON, python_env
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    # On the CPU, as the stock fp32 run it is compared with ("auto" would pick a GPU in bf16).
     return subprocess.run(
-        [PYTHON, "-m", "engine", "generate", *args], capture_output=True, text=True, env=python_env(), timeout=300
+        [PYTHON, "-m", "engine", "generate", "--device", "cpu", *args],
+        capture_output=True, text=True, env=python_env(), timeout=300,
     )
 
 

@@ -27,6 +27,7 @@ class WorkerProcess:
         self.events: queue.Queue = queue.Queue()
         self.raw_lines: list[str] = []
         self.stderr_lines: list[str] = []
+        self._closed = False
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -34,6 +35,15 @@ class WorkerProcess:
         for reader in self._readers:
             reader.start()
         WorkerProcess.started.append(self)
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Ends the worker whatever happened in the block: a failing assertion never leaks it."""
+        if exc_type is not None and self.process.poll() is None:
+            self.process.kill()
+        self.close()
 
     def __del__(self):
         # A test that failed before close() must not leak the pipes as ResourceWarnings.
@@ -97,6 +107,10 @@ class WorkerProcess:
         return self.request(p.LoadModel(new_id(), str(model), **options), (p.ModelLoaded, p.Error), timeout=180)
 
     def close(self, timeout: float = 30) -> int:
+        """Closes stdin (the worker's signal to exit) and returns its exit status; idempotent."""
+        if self._closed:
+            return self.process.returncode
+        self._closed = True
         if self.process.stdin and not self.process.stdin.closed:
             try:
                 self.process.stdin.close()

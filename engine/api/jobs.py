@@ -108,7 +108,7 @@ def _run(engine, job: ApiJob) -> None:
         return
     tokenizer = engine.loaded.tokenizer
     plan_key = ""
-    past_key_values, cached_tokens = None, 0
+    past_key_values, cached_tokens, keep_prefix = None, 0, 0
     if request.kind == "completion":
         input_ids = tokenizer.encode(request.prompt, add_special_tokens=True)
         full_ids = input_ids
@@ -118,7 +118,7 @@ def _run(engine, job: ApiJob) -> None:
             plan_key = history_key(request.messages[:-1])
             plan = engine.caches.plan(tokenizer, plan_key, request.messages, True)
             input_ids, full_ids = plan.input_ids, plan.full_ids
-            past_key_values, cached_tokens = plan.past_key_values, plan.cached_tokens
+            past_key_values, cached_tokens, keep_prefix = plan.past_key_values, plan.cached_tokens, plan.keep_prefix
         else:
             input_ids = full_ids = encode_chat(tokenizer, request.messages, request.tools, request.thinking)
         parser = ResponseParser(
@@ -207,6 +207,7 @@ def _run(engine, job: ApiJob) -> None:
             should_stop=lambda: cancels.is_cancelled(job.request_id),
             past_key_values=past_key_values,
             cached_tokens=cached_tokens,
+            keep_prefix=keep_prefix,
         )
     except BaseException:
         if plan_key:
@@ -229,10 +230,10 @@ def _run(engine, job: ApiJob) -> None:
     else:
         finish = openai_finish_reason(result.finish_reason, bool(state["tool_calls"]), state["stopped"])
     if plan_key and result.finish_reason == "eos" and not state["tool_calls"]:
+        # Kept under the history the client sends back next: this conversation up to its last
+        # user turn, which is all a follow-up can share with it (docs/protocol.md).
         after = [*request.messages, {"role": "assistant", "content": state["content"]}]
-        engine.caches.remember(
-            tokenizer, history_key(after), request.messages, state["content"], full_ids, result.token_ids, result.past_key_values
-        )
+        engine.caches.remember(history_key(after), full_ids[:keep_prefix], result.prefix_cache)
     stats = result.stats
     log.info("API request %s: %s after %d tokens (%d cached)", job.request_id, finish, stats.new_tokens, stats.cached_tokens)
     sink(

@@ -7,7 +7,6 @@ Expecting a Qt warning: `@pytest.mark.qt_log_ignore("regex")`.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -83,6 +82,8 @@ def shared_engine_client(qapp, tiny_model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CANVAS_CHAT_HOME", str(home))
         patch.setenv("HF_HOME", str(home / "hf"))
+        patch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+        patch.setenv("HUGGINGFACE_HUB_CACHE", str(home / "hf" / "hub"))
         patch.setenv("CANVAS_CHAT_TEST_FORCE_REPLY", REPLY)
         patch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.02")
         patch.delenv("CANVAS_CHAT_TEST_FAULT", raising=False)

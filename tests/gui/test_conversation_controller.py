@@ -16,7 +16,7 @@ from app.settings import Settings
 from app.chat.store import ChatStore
 from engine.protocol import CanvasCommitted
 from tests.conftest import timeout_ms
-from tests.gui.conftest import REPLY
+from tests.gui.conftest import REPLY, start_and_load
 
 TEST_SETTINGS = Settings(max_new_tokens=128, max_denoising_steps=8, seed=3, system_prompt="Be kind.")
 
@@ -91,17 +91,30 @@ def test_send_streams_drafts_and_persists_the_reply(controller, qtbot):
 
 
 @pytest.mark.slow
-def test_stop_keeps_the_committed_part_as_stopped(controller, qtbot):
-    controller.new_conversation()
-    with qtbot.waitSignal(controller.client.canvas_committed, timeout=timeout_ms(60)):
-        message_id = controller.send("Tell me a long story")
-    with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(30)) as finished:
-        controller.stop()
-    assert finished.args == [message_id, "stopped"]
-    reply = controller.transcript.get(message_id)
-    assert reply.content and REPLY.startswith(reply.content) and reply.content != REPLY
-    assert controller.store.get_message(message_id).content == reply.content
-    assert controller.store.get_message(message_id).status == "stopped"
+def test_stop_keeps_the_committed_part_as_stopped(chat_store, make_engine_client, tiny_model_dir, qtbot, monkeypatch):
+    # Its own worker at 0.2 s per step: the canvas after the first needs about a second more.
+    monkeypatch.setenv("CANVAS_CHAT_TEST_FORCE_REPLY", REPLY)
+    monkeypatch.setenv("CANVAS_CHAT_TEST_STEP_DELAY", "0.2")
+    client = make_engine_client()
+    start_and_load(qtbot, client, tiny_model_dir)
+    controller = ConversationController(chat_store, client, TEST_SETTINGS)
+    commits = []
+    try:
+        with qtbot.waitSignal(client.canvas_committed, timeout=timeout_ms(60)) as first_commit:
+            message_id = controller.send("Tell me a long story")
+        client.canvas_committed.connect(commits.append)
+        with qtbot.waitSignal(controller.reply_finished, timeout=timeout_ms(30)) as finished:
+            controller.stop()
+        client.canvas_committed.disconnect(commits.append)
+        assert finished.args == [message_id, "stopped"]
+        assert commits == [], "the open canvas ran to its end after Stop"
+        reply = controller.transcript.get(message_id)
+        assert reply.content == first_commit.args[0].reply_text.strip()
+        assert reply.content and REPLY.startswith(reply.content) and reply.content != REPLY
+        assert controller.store.get_message(message_id).content == reply.content
+        assert controller.store.get_message(message_id).status == "stopped"
+    finally:
+        controller.close()
 
 
 @pytest.mark.slow

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 from PySide6.QtCore import Qt
 
 from app.chat.messages import Conversation, ConversationList, DraftState, Message, Transcript
@@ -95,10 +98,10 @@ def test_conversation_model_passes_qtmodeltester(qtmodeltester, qtbot):
 
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="None/True/False are immortal from Python 3.12 (PEP 683)")
 def test_many_emits_from_python_cannot_exhaust_true_or_none():
     """PySide6 6.12.0 on CPython 3.11 drops a reference to True on every emit() (and to None on
     void calls); importing the Qt models must bring app.qt_compat's fix with it."""
-    import sys
 
     from PySide6.QtCore import QObject, Signal
 
@@ -116,3 +119,13 @@ def test_many_emits_from_python_cannot_exhaust_true_or_none():
     for name in before:
         # Either this PySide6 does not leak (the pin keeps 6.12 out), or the guard's reserve holds.
         assert after[name] >= before[name] - 100 or after[name] > 1 << 30, (name, before[name], after[name])
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="None/True/False are immortal from Python 3.12 (PEP 683)")
+def test_the_guard_gives_none_true_and_false_a_reserve_on_an_affected_pyside(monkeypatch):
+    from app import qt_compat
+
+    monkeypatch.setattr(qt_compat, "_affected_pyside", lambda: True)
+    qt_compat.pin_singletons()
+    for singleton in (None, True, False):
+        assert sys.getrefcount(singleton) > qt_compat._RESERVE // 2, singleton

@@ -366,11 +366,6 @@ def test_status_bar_says_no_model_after_a_load_fails(open_window, qtbot, tiny_mo
 DEMO_MODEL = str(REPO_ROOT / "resources" / "demo-model")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's cached multi-turn path diverges from re-encoding the chat (helper i18's fix in "
-    "engine/conversations.py); without the cache the same chat gets '3 + 4 = 7.'. Remove this mark when it lands.",
-)
 def test_the_demo_answers_three_questions_of_different_skills_in_one_chat(qtbot, monkeypatch):
     """The shipped demo model in the real window and worker: a follow-up in the same chat is
     answered as well as the first question (the worker reuses the chat's KV cache)."""

@@ -51,7 +51,9 @@ def test_self_test_fails_clearly_when_the_model_is_missing(tmp_path):
 def test_without_a_gpu_or_weights_the_self_test_uses_the_demo_model_and_answers_right(tmp_path):
     no_tools = tmp_path / "empty-path"  # no nvidia-smi on PATH: a PC without an NVIDIA GPU
     no_tools.mkdir()
-    result = run_app("--self-test", "--prompt", "Tell me the capital of Peru.", PATH=str(no_tools))
+    result = run_app(
+        "--self-test", "--prompt", "Tell me the capital of Peru.", PATH=str(no_tools), CUDA_VISIBLE_DEVICES=""
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["is_demo"] is True and report["device"] == "cpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.hub import REAL_MODEL_ID
-from tests.gui.conftest import fail_on_qt_warnings  # noqa: F401  (same discipline)
+from tests.gui.conftest import fail_on_qt_warnings  # noqa: F401  (same discipline; log records: tests/logfail.py)
 from tests.setup.hub_server import FakeHub
 
 

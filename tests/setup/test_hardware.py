@@ -152,7 +152,11 @@ def test_gui_probe_never_imports_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_worker_probe_with_torch_on_a_cpu_machine(no_nvidia_smi):
+def test_worker_probe_with_torch_on_a_cpu_machine(no_nvidia_smi, monkeypatch):
+    import torch
+
+    # A CPU machine whatever this one is: the probe must not see a GPU through torch either.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     report = engine_hw.probe()
     json.dumps(report)
     assert report["source"] == "engine"
