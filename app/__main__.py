@@ -44,7 +44,7 @@ def prepare_streams() -> None:
     if not windowed:
         faulthandler.enable(sys.stderr)
         return
-    from app import paths
+    from engine import paths
 
     try:
         crash_file = open(paths.crash_log_path(), "a", encoding="utf-8")  # noqa: SIM115  (lives as long as the process)
@@ -56,7 +56,7 @@ def prepare_streams() -> None:
 
 
 def setup_logging() -> None:
-    from app import paths
+    from engine import paths
 
     root = logging.getLogger()
     if root.handlers:
@@ -80,10 +80,10 @@ def run_window(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow
+    from app.worker.engine_client import EngineClient
+    from app.window.main_window import MainWindow
     from app.settings import load_settings
-    from app.store import ChatStore, StoreError
+    from app.chat.store import ChatStore, StoreError
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Canvas Chat")

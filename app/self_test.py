@@ -127,10 +127,11 @@ def run_self_test(args, started_at: float) -> int:
     qInstallMessageHandler(_on_qt_message)
     from PySide6.QtWidgets import QApplication
 
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow, default_model
+    from app.worker.engine_client import EngineClient
+    from app.setup.model_choice import default_model
+    from app.window.main_window import MainWindow
     from app.settings import load_settings
-    from app.store import ChatStore, StoreError
+    from app.chat.store import ChatStore, StoreError
 
     settings = load_settings()
     model = args.model or default_model(settings)

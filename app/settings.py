@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
-from app import paths
+from engine import paths
 from engine.protocol import GenerationSettings
 
 log = logging.getLogger("canvas_chat.settings")
@@ -65,7 +65,7 @@ class Settings:
     seed: int | None = None  # None: a new random seed per reply
     theme: ThemeName = "system"
     reduced_motion: bool = False
-    replay_speed: float = 1.0  # 1.0 = one draft frame per 1/30 s; see app.replay
+    replay_speed: float = 1.0  # 1.0 = one draft frame per 1/30 s; see app.chat.replay
     model: str | None = None  # a folder or hub id; None: the default model
     device: DeviceName = "auto"
     quantization: QuantizationName = "auto"

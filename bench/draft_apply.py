@@ -31,7 +31,7 @@ WORDS = (
 
 def make_drafts(canvas_index: int, seed: int) -> list:
     """One canvas's drafts: positions settle over STEPS steps in a shuffled order."""
-    from app.chat import DraftState
+    from app.chat.messages import DraftState
 
     rng = random.Random(seed)
     pieces = tuple((" " if i % 5 else "\n" if i % 40 == 0 else " ") + rng.choice(WORDS) for i in range(CANVAS))
@@ -66,9 +66,9 @@ def main() -> int:
     from PySide6.QtCore import QCoreApplication, QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.chat import Message, Transcript
-    from app.qt_models import TranscriptListModel
-    from app.transcript_view import TranscriptView
+    from app.chat.messages import Message, Transcript
+    from app.chat.qt_models import TranscriptListModel
+    from app.transcript.view import TranscriptView
 
     qt_app = QApplication(sys.argv[:1])
     history = []
@@ -115,7 +115,7 @@ def main() -> int:
     for _ in range(50):
         row.layout_key = ()
         start = time.perf_counter()
-        view.canvas_layout(row, width, time.monotonic())
+        view.delegate.canvas_layout(row, width, time.monotonic())
         layout_ms.append((time.perf_counter() - start) * 1000)
 
     # 2. Event-loop lateness while drafts arrive at 60/s and tokens fade in.

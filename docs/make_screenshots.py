@@ -77,10 +77,10 @@ def main() -> int:
     import app.qt_compat  # noqa: F401
     from PySide6.QtWidgets import QApplication
 
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow
+    from app.worker.engine_client import EngineClient
+    from app.window.main_window import MainWindow
     from app.settings import Settings
-    from app.store import ChatStore
+    from app.chat.store import ChatStore
 
     qt_app = QApplication(sys.argv[:1])
     settings = Settings(theme="light", seed=0)

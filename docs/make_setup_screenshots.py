@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def report_rtx_4090() -> dict:
-    from app import hardware_fallback as hw
+    from engine import hardware as hw
 
     gpu = {
         "index": 0,
@@ -39,7 +39,7 @@ def report_rtx_4090() -> dict:
 
 
 def report_no_gpu() -> dict:
-    from app import hardware_fallback as hw
+    from engine import hardware as hw
 
     return _report(hw, None, ram=16 * GIB, disk=120 * GIB)
 
@@ -76,8 +76,9 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from app.model_download import DownloadProgress
-    from app.model_setup import ModelSetupDialog
+    from app.setup.download_events import DownloadPlanned, DownloadProgress
+    from engine.hub import REAL_MODEL_ID
+    from app.setup.dialog import ModelSetupDialog
     from app.theme import LIGHT, apply_theme
 
     app = QApplication.instance() or QApplication([])
@@ -115,7 +116,7 @@ def main() -> int:
     download.state = "running"
     download.state_changed.emit("running")
     total = 51_950_000_000
-    download.planned.emit({"total_bytes": total, "present_bytes": 0, "files": 14})
+    download.planned.emit(DownloadPlanned(REAL_MODEL_ID, "0" * 40, 14, total, 0, total, 400 * GIB, 0))
     download.progressed.emit(
         DownloadProgress("downloading", "model-00004-of-00012.safetensors", 17_320_000_000, total, 41.6 * 1024**2, 794.0)
     )

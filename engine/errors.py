@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from engine.protocol import ErrorCode
+
 
 class EngineError(Exception):
-    """A failure the user can act on; `code` is one of the protocol's error codes."""
+    """A failure the user can act on, with one of the protocol's error codes."""
 
-    def __init__(self, code: str, message: str, *, recoverable: bool = True, detail: str = ""):
+    def __init__(self, code: ErrorCode, message: str, *, recoverable: bool = True, detail: str = ""):
         super().__init__(message)
         self.code = code
         self.message = message

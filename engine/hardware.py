@@ -1,33 +1,26 @@
-"""What this PC has (GPU, VRAM, driver, RAM, free disk) and what it can run, in plain words.
+"""What this PC can run, in plain words: the memory plan for the real model and the verdict.
 
-`probe()` answers the worker's `ProbeHardware` request and `python -m engine hardware`. It asks
-`nvidia-smi` first (no CUDA context), then torch when it is importable, and feeds the numbers to
-the memory planner (`engine.planner`) or, until that lands, to a simple NF4 estimate. The GUI has
-a torch-free twin in `app/hardware_fallback.py` that returns the same dict shape.
+`probe()` answers the worker's `ProbeHardware` request, `python -m engine hardware` and, without
+torch (`use_torch=False`), the GUI's own check before the worker is up. The facts come from
+`engine.machine` (nvidia-smi, RAM, disk) and `engine.hub`; torch is imported only inside
+`probe_torch`, so the GUI may import this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-from engine.hub_cache import hub_cache_dir
+from engine.hub import DOWNLOAD_BYTES_ESTIMATE, REAL_MODEL_ID, REAL_MODEL_NAME, hub_cache_dir, real_model_downloaded
+from engine.machine import disk_space, query_nvidia_smi, system_ram
 
 log = logging.getLogger("canvas_chat.engine.hardware")
 
 REPORT_SCHEMA = 1
-REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
-REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
 GIB = 1024**3
 
 # The simple estimate, used when engine.planner cannot answer (its figures for this model at
@@ -40,102 +33,12 @@ ACTIVATIONS_BYTES = 2_090_000_000
 # CUDA context plus allocator fragmentation, as engine.planner counts them for this model.
 OVERHEAD_BYTES = 1_690_000_000
 DEFAULT_CONTEXT_TOKENS = 8192
-# The whole checkpoint (bf16 safetensors shards, tokenizer, configs) as the Hub stores it.
-DOWNLOAD_BYTES_ESTIMATE = 52_000_000_000
 # CUDA builds of torch 2.6+ target Turing (RTX 20 series, 7.5) and newer.
 MIN_COMPUTE_CAPABILITY = (7, 5)
 LOW_RAM_BYTES = 16 * GIB
-NVIDIA_SMI_TIMEOUT_S = 8.0
-
-_SMI_FIELDS = ("index", "name", "compute_cap", "driver_version", "memory.total", "memory.free")
 
 
-# ---------------------------------------------------------------------------- probes
-
-
-def _nvidia_smi_path() -> str | None:
-    found = shutil.which("nvidia-smi")
-    if found:
-        return found
-    if sys.platform == "win32":
-        for candidate in (
-            Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32" / "nvidia-smi.exe",
-            Path(os.environ.get("ProgramFiles", r"C:\Program Files")) / "NVIDIA Corporation" / "NVSMI" / "nvidia-smi.exe",
-        ):
-            if candidate.is_file():
-                return str(candidate)
-    return None
-
-
-def query_nvidia_smi(problems: list[str]) -> list[dict[str, Any]]:
-    """GPUs as nvidia-smi lists them; [] when there is no NVIDIA driver (a note goes to problems)."""
-    exe = _nvidia_smi_path()
-    if exe is None:
-        return []
-    fields = list(_SMI_FIELDS)
-    for _ in range(2):
-        try:
-            result = subprocess.run(
-                [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=NVIDIA_SMI_TIMEOUT_S,
-                # A GUI app must not flash a console window for this.
-                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
-            )
-        except subprocess.TimeoutExpired:
-            problems.append(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S:.0f} s")
-            return []
-        except OSError as exc:
-            problems.append(f"nvidia-smi could not be started ({exc})")
-            return []
-        if result.returncode == 0:
-            return parse_nvidia_smi_csv(result.stdout, fields)
-        if "compute_cap" in fields and "compute_cap" in (result.stdout + result.stderr):
-            fields.remove("compute_cap")  # drivers before 510 do not know this field
-            continue
-        message = (result.stderr or result.stdout).strip().splitlines()
-        problems.append(f"nvidia-smi failed: {message[0] if message else f'exit status {result.returncode}'}")
-        return []
-    return []
-
-
-def parse_nvidia_smi_csv(text: str, fields: list[str] | tuple[str, ...] = _SMI_FIELDS) -> list[dict[str, Any]]:
-    gpus = []
-    for line in text.splitlines():
-        values = [value.strip() for value in line.split(",")]
-        if len(values) != len(fields):
-            continue
-        row = dict(zip(fields, values))
-        gpus.append(
-            {
-                "index": _int_or_none(row.get("index")),
-                "name": row.get("name") or "NVIDIA GPU",
-                "compute_capability": _clean(row.get("compute_cap")),
-                "driver_version": _clean(row.get("driver_version")),
-                "total_vram_bytes": _mib(row.get("memory.total")),
-                "free_vram_bytes": _mib(row.get("memory.free")),
-            }
-        )
-    return gpus
-
-
-def _clean(value: str | None) -> str | None:
-    if value is None or value.strip() in ("", "[N/A]", "N/A", "[Not Supported]"):
-        return None
-    return value.strip()
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-
-
-def _mib(value: str | None) -> int | None:
-    number = _int_or_none(value)
-    return None if number is None else number * 1024 * 1024
+# ---------------------------------------------------------------------------- torch
 
 
 def probe_torch(problems: list[str]) -> dict[str, Any]:
@@ -165,71 +68,6 @@ def probe_torch(problems: list[str]) -> dict[str, Any]:
         problems.append(f"CUDA could not be initialised ({type(exc).__name__}: {exc})")
         info["cuda_available"] = False
     return info
-
-
-def system_ram() -> tuple[int | None, int | None]:
-    """(total, available) bytes of system memory."""
-    try:
-        import psutil
-
-        memory = psutil.virtual_memory()
-        return int(memory.total), int(memory.available)
-    except Exception:  # noqa: BLE001 - psutil is optional here
-        pass
-    if sys.platform == "win32":
-        import ctypes
-
-        class MemoryStatus(ctypes.Structure):
-            _fields_ = [
-                ("dwLength", ctypes.c_ulong),
-                ("dwMemoryLoad", ctypes.c_ulong),
-                ("ullTotalPhys", ctypes.c_ulonglong),
-                ("ullAvailPhys", ctypes.c_ulonglong),
-                ("ullTotalPageFile", ctypes.c_ulonglong),
-                ("ullAvailPageFile", ctypes.c_ulonglong),
-                ("ullTotalVirtual", ctypes.c_ulonglong),
-                ("ullAvailVirtual", ctypes.c_ulonglong),
-                ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
-            ]
-
-        status = MemoryStatus()
-        status.dwLength = ctypes.sizeof(MemoryStatus)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
-            return int(status.ullTotalPhys), int(status.ullAvailPhys)
-        return None, None
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None, None
-
-
-def disk_space(path: str | os.PathLike[str]) -> tuple[str, int | None, int | None]:
-    """(existing folder measured, free bytes, total bytes) for `path` or its nearest parent."""
-    folder = Path(path).expanduser().absolute()
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    try:
-        usage = shutil.disk_usage(folder)
-    except OSError:
-        return str(folder), None, None
-    return str(folder), int(usage.free), int(usage.total)
-
-
-def real_model_downloaded(cache_dir: Path | None = None) -> bool:
-    """True when a complete snapshot of the real model (config, all shards, tokenizer) is cached."""
-    storage = (cache_dir or hub_cache_dir()) / ("models--" + REAL_MODEL_ID.replace("/", "--"))
-    for snapshot in sorted((storage / "snapshots").glob("*")) if (storage / "snapshots").is_dir() else []:
-        index = snapshot / "model.safetensors.index.json"
-        if not (snapshot / "config.json").is_file() or not (snapshot / "tokenizer.json").is_file():
-            continue
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if shards and all((snapshot / shard).is_file() for shard in shards):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------- memory plan
@@ -340,7 +178,7 @@ def make_verdict(
     disk_path: str,
     model_downloaded: bool,
 ) -> dict[str, Any]:
-    """The answer and its reasons, in plain words. Mirrored in app/hardware_fallback.py."""
+    """The answer and its reasons, in plain words."""
     need = int(plan["total_bytes"])
     quant = str(plan.get("quantization", "nf4")).upper().replace("-DOUBLE", " (double)")
     notes: list[str] = []
@@ -420,7 +258,11 @@ def make_verdict(
 
 
 def probe(*, models_dir: str | os.PathLike[str] | None = None, use_torch: bool = True) -> dict[str, Any]:
-    """A JSON-able report of this PC and the verdict for the real model (the worker's answer)."""
+    """A JSON-able report of this PC and the verdict for the real model.
+
+    With `use_torch` (the worker), CUDA is checked through torch and `source` is "engine";
+    without (the GUI, before the worker is up), `cuda_available` is None and `source` is "gui".
+    """
     problems: list[str] = []
     gpus = query_nvidia_smi(problems)
     driver = next((gpu["driver_version"] for gpu in gpus if gpu.get("driver_version")), None)
@@ -441,7 +283,7 @@ def probe(*, models_dir: str | os.PathLike[str] | None = None, use_torch: bool =
     downloaded = real_model_downloaded(cache_dir)
     return {
         "schema": REPORT_SCHEMA,
-        "source": "engine",
+        "source": "engine" if use_torch else "gui",
         "platform": platform.platform(),
         "gpus": gpus,
         "gpu": gpu,
@@ -488,6 +330,13 @@ def _merge_torch_devices(smi: list[dict[str, Any]], torch_devices: list[dict[str
         gpu["total_vram_bytes"] = match["total_vram_bytes"]
         gpu["free_vram_bytes"] = match["free_vram_bytes"]
     return merged
+
+
+def recommended_model(report: dict[str, Any]) -> str | None:
+    """The model to load when the settings name none: the real model's hub id where this PC can
+    run it and it is downloaded, else None (the built-in demo model)."""
+    verdict = report.get("verdict") or {}
+    return str(report.get("model_id") or REAL_MODEL_ID) if verdict.get("recommended") == "real" else None
 
 
 def format_report(report: dict[str, Any]) -> str:

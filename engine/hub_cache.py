@@ -2,7 +2,7 @@
 
 A download killed midway (ours or huggingface_hub's) leaves `blobs/<hash>.incomplete` files that
 nothing ever removes. A download in progress holds a lock under `.locks/<repo folder>/`:
-`canvas-chat-download.lock` (app.model_download, one per repository) or `<hash>.lock`
+`canvas-chat-download.lock` (app.setup.download_child, one per repository) or `<hash>.lock`
 (huggingface_hub, one per file). Those partials are never counted nor touched.
 """
 
@@ -14,20 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.hub import hub_cache_dir
+
 PARTIAL_SUFFIX = ".incomplete"
-DOWNLOAD_LOCK_NAME = "canvas-chat-download.lock"  # app.model_download holds it while it runs
-
-
-def hub_cache_dir() -> Path:
-    """Where the Hugging Face cache puts downloads: huggingface_hub's rule, read from the
-    environment now (its constants are fixed when it is first imported)."""
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
+DOWNLOAD_LOCK_NAME = "canvas-chat-download.lock"  # app.setup.download_child holds it while it runs
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ user what is wrong with the folder, so a broken download never surfaces as a tra
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -15,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import model_folder
 from engine.errors import EngineError
 
 log = logging.getLogger("canvas_chat.engine.loading")
 
-SUPPORTED_MODEL_TYPE = "diffusion_gemma"
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 # progress(stage, message, fraction, **extra) where extra matches LoadProgress's counters.
 ProgressCallback = Callable[..., None]
@@ -70,40 +68,11 @@ def resolve_model_folder(model: str, revision: str | None = None) -> Path:
 
 
 def check_model_folder(folder: Path) -> dict[str, Any]:
-    """Reads and checks config, weights and tokenizer files; returns the parsed config."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise EngineError("model_broken", f"{folder} has no config.json: it is not a model folder.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineError("model_broken", f"config.json in {folder} cannot be read ({exc}).") from None
-    if not isinstance(config, dict):
-        raise EngineError("model_broken", f"config.json in {folder} is not a JSON object.")
-    model_type = config.get("model_type")
-    if model_type != SUPPORTED_MODEL_TYPE:
-        raise EngineError(
-            "wrong_model_type",
-            f"{folder.name} is a {model_type or 'unknown'!s} model; Canvas Chat runs DiffusionGemma "
-            f"({SUPPORTED_MODEL_TYPE}) models only.",
-        )
-    index_path = folder / "model.safetensors.index.json"
-    if index_path.is_file():
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EngineError("model_broken", f"The weight index in {folder} cannot be read ({exc}).") from None
-        missing = sorted({name for name in weight_map.values() if not (folder / name).is_file()})
-        if missing:
-            raise EngineError(
-                "model_broken",
-                f"{folder} is missing {len(missing)} weight file(s), e.g. {missing[0]}: the download is incomplete.",
-            )
-    elif not (folder / "model.safetensors").is_file():
-        raise EngineError("model_broken", f"{folder} has no weights (model.safetensors).")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise EngineError("tokenizer_missing", f"{folder} has no tokenizer files (tokenizer.json).")
-    return config
+    """Checks config, weights and tokenizer files (the GUI's own check); returns the parsed config."""
+    check = model_folder.check_model_folder(folder)
+    if not check.ok:
+        raise EngineError(check.code, check.message)
+    return check.config
 
 
 def pick_device(requested: str) -> str:

@@ -472,7 +472,8 @@ DEFAULT_GPU_MEMORY = "24GB"
 def _gpu_memory_or_assumed() -> tuple[int, str]:
     """Free memory of this PC's GPU (nvidia-smi, no torch); without one, the 24 GB card the
     26B model is planned for, said out loud."""
-    from engine.hardware import pick_gpu, query_nvidia_smi
+    from engine.hardware import pick_gpu
+    from engine.machine import query_nvidia_smi
 
     gpu = pick_gpu(query_nvidia_smi([]))
     free = gpu.get("free_vram_bytes") if gpu else None

@@ -24,6 +24,34 @@ MAX_LINE_BYTES = 16 * 2**20
 
 FinishReason = Literal["eos", "length", "cancelled"]
 RewriteFinish = Literal["rewritten", "cancelled"]
+# Why a request failed; `Error.message` says it in plain words, the code is for the program.
+# ("engine_stopped" is the GUI's own: it never reached a worker.)
+ErrorCode = Literal[
+    "protocol_mismatch",
+    "malformed_message",
+    "model_not_found",
+    "model_not_downloaded",
+    "model_broken",
+    "tokenizer_missing",
+    "wrong_model_type",
+    "no_model_loaded",
+    "bad_settings",
+    "bad_span",
+    "context_too_long",
+    "out_of_memory",
+    "load_failed",
+    "api_port_in_use",
+    "api_bind_failed",
+    "api_token_required",
+    "internal",
+    "engine_stopped",
+]
+# A model that cannot be used: the fix is in Model setup (another folder, the download).
+MODEL_SETUP_ERROR_CODES: frozenset[str] = frozenset(
+    {"model_not_found", "model_not_downloaded", "model_broken", "tokenizer_missing", "wrong_model_type"}
+)
+# The model did not load (including for want of memory), as opposed to a failed request.
+MODEL_LOAD_ERROR_CODES: frozenset[str] = MODEL_SETUP_ERROR_CODES | {"load_failed", "out_of_memory"}
 ENTROPY_BUCKETS = 4  # 0 = confident ... 3 = very uncertain
 
 
@@ -332,7 +360,7 @@ class SpanRewritten:
 class Error:
     TYPE: ClassVar[str] = "error"
     request_id: str
-    code: str  # machine-readable: "out_of_memory", "model_not_found", "bad_settings", ...
+    code: ErrorCode
     message: str  # one or two plain sentences for the user
     recoverable: bool  # False: the worker is exiting
     detail: str = ""

@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
+from engine import paths
 from engine.errors import EngineError
+from engine.hub import hub_origin
 from engine.quantization import NF4ExpertWeight, linear_from_prequantized, settings_for
 from engine.streaming_loader import (
     LoadProgressReporter,
@@ -57,25 +59,7 @@ class CopyUnusable(Exception):
     """The copy on disk cannot be used (missing, partial, stale or corrupted); the reason says which."""
 
 
-def default_copies_dir() -> Path:
-    """The user's models folder, like `app.paths.models_dir()` (the engine does not import app)."""
-    home = os.environ.get("CANVAS_CHAT_HOME", "").strip()
-    if home:
-        return Path(home).expanduser() / "models"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("CanvasChat", appauthor=False)) / "models"
-
-
 # ---------------------------------------------------------------------------- identity
-
-
-def _hub_origin(folder: Path) -> tuple[str | None, str | None]:
-    """(repo id, revision) when `folder` is a Hugging Face cache snapshot, else (None, None)."""
-    parts = Path(folder).parts
-    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
-        return parts[-3].removeprefix("models--").replace("--", "/"), parts[-1]
-    return None, None
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -90,7 +74,7 @@ def source_identity(folder: Path) -> dict[str, Any]:
     """What the copy was made from. A hub snapshot is identified by its revision; a plain folder by
     its weight files' names, sizes and modification times (re-saving the model makes copies stale)."""
     folder = Path(folder)
-    repo, revision = _hub_origin(folder)
+    repo, revision = hub_origin(folder)
     digest = hashlib.sha256()
     config = folder / "config.json"
     digest.update(config.read_bytes() if config.is_file() else b"")
@@ -108,7 +92,7 @@ def source_identity(folder: Path) -> dict[str, Any]:
 
 
 def copy_folder_for(source: Path, copies_dir: Path, quantization: str, vision: bool) -> Path:
-    repo, _ = _hub_origin(Path(source))
+    repo, _ = hub_origin(Path(source))
     name = repo.split("/")[-1] if repo else Path(source).resolve().name
     return Path(copies_dir) / f"{name}-{quantization}{'-vision' if vision else ''}"
 
@@ -387,7 +371,7 @@ def load_quantized(
     """Loads `source` in NF4: from its quantized copy when a valid one exists, else streaming from the
     source (and then saving the copy for next time). `copies_dir` defaults to the user's models folder."""
     source = Path(source)
-    copies_dir = Path(copies_dir) if copies_dir is not None else default_copies_dir()
+    copies_dir = Path(copies_dir) if copies_dir is not None else paths.models_dir()
     copy_dir = copy_folder_for(source, copies_dir, quantization, vision)
     identity = source_identity(source)
     reason = None

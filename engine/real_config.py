@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
+from engine.hub import REAL_MODEL_ID, cached_config
 
 # Folder names under resources/models/ for the hub ids whose config ships with the app.
 _SHIPPED = {
@@ -43,26 +43,6 @@ def shipped_model_dir(model_id: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _hub_cache_config(model_id: str) -> Path | None:
-    """config.json of a hub download already in the local Hugging Face cache (no network)."""
-    if model_id.count("/") != 1:
-        return None
-    hub_home = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
-    repo_dir = hub_home / ("models--" + model_id.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text().strip() / "config.json"
-        if candidate.is_file():
-            return candidate
-    for snapshot in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-        if (snapshot / "config.json").is_file():
-            return snapshot / "config.json"
-    return None
-
-
 def resolve_config_path(model: str | os.PathLike) -> Path:
     """config.json for a local model folder, a shipped hub id, or a hub id already downloaded.
 
@@ -78,7 +58,7 @@ def resolve_config_path(model: str | os.PathLike) -> Path:
     shipped = shipped_model_dir(text)
     if shipped is not None:
         return shipped / "config.json"
-    cached = _hub_cache_config(text)
+    cached = cached_config(text)
     if cached is not None:
         return cached
     raise ModelConfigNotFound(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -56,8 +57,9 @@ LOG_FILES_KEPT = 10
 HEARTBEAT_SECONDS = float(os.environ.get("CANVAS_CHAT_BOOTSTRAP_HEARTBEAT_S", "15"))
 # Setup runs us without a console; without this flag each uv or python child would open a window.
 NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-# Drivers before 2019 installed nvidia-smi here instead of System32.
-LEGACY_NVIDIA_SMI = r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe"
+# The engine's probe of this PC (nvidia-smi, standard library only): the installer build copies it
+# beside this file, a checkout has it in engine/.
+MACHINE_PROBE_PLACES = ("machine.py", "../engine/machine.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,46 +298,38 @@ def _parse_capability(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _machine_probe():
+    here = Path(__file__).resolve().parent
+    for place in MACHINE_PROBE_PLACES:
+        path = here / place
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("canvas_chat_machine", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise InstallFailed("SETUP_FILES_MISSING", f"machine.py is missing beside {Path(__file__).name}")
+
+
 def query_gpus(nvidia_smi: str) -> tuple[list[Gpu], str]:
-    """Runs nvidia-smi; returns the GPUs found and, when there are none, why."""
-    if os.name == "nt" and shutil.which(nvidia_smi) is None and os.path.exists(LEGACY_NVIDIA_SMI):
-        nvidia_smi = LEGACY_NVIDIA_SMI
-    base = [nvidia_smi, "--format=csv,noheader"]
-    for fields in ("name,driver_version,compute_cap", "name,driver_version"):
-        try:
-            proc = subprocess.run(
-                [*base, f"--query-gpu={fields}"],
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=60,
-                creationflags=NO_WINDOW,
-            )
-        except FileNotFoundError:
+    """Runs nvidia-smi (through the engine's own parser); returns the GPUs found and, when there are none, why."""
+    machine = _machine_probe()
+    problems: list[str] = []
+    found = machine.query_nvidia_smi(problems, exe=nvidia_smi, timeout_s=60)
+    if problems:
+        return [], problems[0]
+    if not found:
+        if machine.nvidia_smi_path(nvidia_smi) is None:
             return [], "nvidia-smi was not found (no NVIDIA driver installed)"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return [], f"nvidia-smi did not run: {exc}"
-        if proc.returncode == 0:
-            break
-        if "compute_cap" in fields and "not a valid field" in (proc.stdout + proc.stderr):
-            continue  # drivers before 510 lack the field; the driver check below will catch them
-        reason = (proc.stdout + proc.stderr).strip().splitlines()
-        return [], f"nvidia-smi failed (exit {proc.returncode}): {reason[0] if reason else ''}"
-    gpus = []
-    for row in proc.stdout.splitlines():
-        parts = [part.strip() for part in row.split(",")]
-        if len(parts) < 2 or not parts[0]:
-            continue
-        gpus.append(
-            Gpu(
-                name=parts[0],
-                driver=_parse_driver(parts[1]),
-                driver_text=parts[1],
-                compute_capability=_parse_capability(parts[2]) if len(parts) > 2 else None,
-            )
+        return [], "nvidia-smi listed no GPU"
+    return [
+        Gpu(
+            name=gpu["name"],
+            driver=_parse_driver(gpu["driver_version"] or ""),
+            driver_text=gpu["driver_version"] or "",
+            compute_capability=_parse_capability(gpu["compute_capability"] or ""),
         )
-    return gpus, "" if gpus else "nvidia-smi listed no GPU"
+        for gpu in found
+    ], ""
 
 
 def check_gpu(nvidia_smi: str, forced_variant: str) -> GpuCheck:

@@ -86,8 +86,10 @@ EOF
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$STAGE/payload" "$SRC"
 APP_WHEEL=$(cd "$STAGE/payload" && ls canvas_chat-"$VERSION"-*.whl)
 
-echo "== bootstrap, pins, icon"
+echo "== bootstrap, the engine's machine probe, pins, icon"
 cp "$HERE/bootstrap.py" "$STAGE/"
+# bootstrap.py asks the engine's own probe about the GPU: one nvidia-smi parser for app, worker and installer.
+cp "$ROOT/engine/machine.py" "$STAGE/"
 cp "$HERE"/pins/requirements.txt "$HERE"/pins/requirements-torch-cu128.txt "$HERE"/pins/requirements-torch-cpu.txt \
     "$HERE"/pins/requirements-triton-cu128.txt "$STAGE/payload/"
 if [ -f "$ROOT/resources/icons/canvas-chat.ico" ]; then

@@ -24,7 +24,7 @@ SetCompressor /SOLID ${COMPRESSOR}
 !define PRODUCT "Canvas Chat"
 !define PUBLISHER "Canvas Chat contributors"
 !define REG_UNINST "Software\Microsoft\Windows\CurrentVersion\Uninstall\CanvasChat"
-; app/paths.py: platformdirs, appname "CanvasChat", appauthor False. On Windows its data, config,
+; engine/paths.py: platformdirs, appname "CanvasChat", appauthor False. On Windows its data, config,
 ; logs and models folders are all this one (tests/installer/test_user_data_location.py checks it).
 !define USER_DATA_DIR "$LOCALAPPDATA\CanvasChat"
 !define SM_FOLDER "$SMPROGRAMS\Canvas Chat"
@@ -162,6 +162,7 @@ Section "-Program files" SecFiles
   File "${STAGE_DIR}/payload/requirements-torch-cpu.txt"
   SetOutPath "$INSTDIR"
   File "${STAGE_DIR}/bootstrap.py"
+  File "${STAGE_DIR}/machine.py"
   File "${STAGE_DIR}/canvas-chat.ico"
   WriteUninstaller "$INSTDIR\Uninstall.exe"
 
@@ -292,6 +293,7 @@ Section "Uninstall"
   RMDir /r "$INSTDIR\setup"
   RMDir /r "$INSTDIR\logs"
   Delete "$INSTDIR\bootstrap.py"
+  Delete "$INSTDIR\machine.py"
   Delete "$INSTDIR\canvas-chat.ico"
   Delete "$INSTDIR\install-state.json"
   Delete "$INSTDIR\finish-note.txt"

@@ -96,7 +96,7 @@ check "registry InstallLocation" bash -c "reg=\$(cat); echo \"\$reg\" | grep -q 
 check "registry UninstallString" bash -c "grep -q 'Uninstall.exe' <<<'$(reg_value UninstallString)'"
 check "registry QuietUninstallString ends with /S" bash -c "grep -q 'Uninstall.exe.* /S' <<<'$(reg_value QuietUninstallString)'"
 
-echo "== 2. user data, where app/paths.py puts it on Windows (platformdirs CanvasChat, no author)"
+echo "== 2. user data, where engine/paths.py puts it on Windows (platformdirs CanvasChat, no author)"
 mkdir -p "$USER_DATA/Logs" "$USER_DATA/models/demo"
 echo "chat history $(date +%s)" > "$USER_DATA/chats.sqlite3"
 echo '{"schema": 1}' > "$USER_DATA/settings.json"

@@ -1,14 +1,15 @@
 """Shared fixtures: a session isolated from the user's folders and GPU, a tiny model, and guards
-against leaked processes."""
+against leaked processes and unexpected log records (tests/logfail.py)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.logfail import fail_on_unexpected_logs  # noqa: F401  (autouse: every folder's tests)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -101,41 +102,6 @@ def isolated_home(tmp_path_factory, monkeypatch):
     for name in ("CANVAS_CHAT_TEST_FORCE_REPLY", "CANVAS_CHAT_TEST_FAULT", "CANVAS_CHAT_TEST_STEP_DELAY"):
         monkeypatch.delenv(name, raising=False)
     return home
-
-
-# Loggers whose WARNING+ records fail a test unless the test expects them.
-CHECKED_LOGGER = "canvas_chat"
-
-
-class _LogRecorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.unexpected: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "worker_line", False):
-            return  # the worker's own stderr, forwarded; engine tests judge those
-        if logging.getLogger(record.name).level == record.levelno:
-            return  # caplog.at_level(record level, logger=record.name): expected
-        root = logging.getLogger()
-        if root.level == record.levelno and record.name == "root":
-            return
-        self.unexpected.append(record)
-
-
-@pytest.fixture(autouse=True)
-def fail_on_unexpected_logs():
-    """A WARNING or worse on a canvas_chat logger fails any test (GUI or engine, in-process) unless it
-    was expected: `with caplog.at_level(logging.WARNING, logger="canvas_chat.store"):` — a record
-    whose logger level equals its own level counts as expected (qutebrowser's logfail)."""
-    recorder = _LogRecorder()
-    logger = logging.getLogger(CHECKED_LOGGER)
-    logger.addHandler(recorder)
-    yield recorder
-    logger.removeHandler(recorder)
-    if recorder.unexpected:
-        lines = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in recorder.unexpected]
-        pytest.fail("unexpected log records:\n" + "\n".join(lines))
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ def test_cancel_mid_canvas_stops_within_one_step_and_the_worker_stays_usable(tin
         ("no_config", "model_broken", "no config.json"),
         ("bad_config", "model_broken", "cannot be read"),
         ("missing_shard", "model_broken", "no weights"),
-        ("corrupt_weights", "model_broken", "cannot be loaded"),
+        ("corrupt_weights", "model_broken", "not a safetensors file"),
         ("no_tokenizer", "tokenizer_missing", "no tokenizer"),
         ("wrong_type", "wrong_model_type", "DiffusionGemma"),
         ("hub_id_not_downloaded", "model_not_downloaded", "not been downloaded"),
@@ -235,6 +235,7 @@ def test_a_settings_number_too_large_for_json_is_refused_as_bad_settings(worker)
         '{"type": "generate", "request_id": "x4", "messages": [], "settings": {"seed": "seven"}}',
     ],
 )
+@pytest.mark.log_expected("dropped a malformed request")
 def test_malformed_line_gets_an_error_event_and_the_worker_keeps_serving(worker, line):
     worker.send_line(line)
     error = worker.next_event()
@@ -265,6 +266,7 @@ def test_generate_without_a_model_says_so():
         assert process.close() == 0
 
 
+@pytest.mark.log_expected(r"request \w+ failed")
 def test_out_of_memory_is_a_recoverable_error(tiny_model_dir):
     with WorkerProcess(CANVAS_CHAT_TEST_FAULT="oom_on_generate") as process:
         process.hello()

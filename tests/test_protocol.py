@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 
@@ -96,3 +97,57 @@ def test_protocol_reference_names_every_message_and_field():
         for field in dataclasses.fields(cls):
             if field.name != "request_id":
                 assert f"`{field.name}`" in reference, f"docs/protocol.md misses {type_tag}.{field.name}"
+
+
+def _codes_passed_to(names: set[str], code_position: int, folders: tuple[str, ...]) -> dict[str, str]:
+    """{code: where} for every literal code given to a call of one of `names` (by position or code=)."""
+    import ast
+
+    from tests.conftest import REPO_ROOT
+
+    found = {}
+    for folder in folders:
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Call):
+                    continue
+                callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if callee not in names:
+                    continue
+                argument = node.args[code_position] if len(node.args) > code_position else None
+                argument = next((k.value for k in node.keywords if k.arg == "code"), argument)
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    found[argument.value] = f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+    return found
+
+
+def test_every_error_code_the_engine_and_the_gui_send_is_one_of_the_protocols():
+    known = set(typing.get_args(p.ErrorCode))
+    used = {**_codes_passed_to({"EngineError"}, 0, ("engine", "app")), **_codes_passed_to({"Error"}, 1, ("engine", "app"))}
+    assert used, "the scan found no error codes at all"
+    unknown = {code: where for code, where in used.items() if code not in known}
+    assert not unknown, f"add these to engine.protocol.ErrorCode: {unknown}"
+    assert p.MODEL_SETUP_ERROR_CODES <= p.MODEL_LOAD_ERROR_CODES <= known
+
+
+def test_the_error_codes_docs_protocol_lists_are_the_protocols():
+    # The GUI refuses an error event whose code it does not know, so a code the worker sends
+    # (however it builds it) must be listed in both places.
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    listed = text.split("Error codes:", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", listed))
+    assert documented == set(typing.get_args(p.ErrorCode)) - {"engine_stopped"}
+
+
+def test_every_download_error_code_is_one_of_the_download_events():
+    from app.setup.download_events import DownloadErrorCode
+
+    known = set(typing.get_args(DownloadErrorCode))
+    used = _codes_passed_to({"DownloadError", "DownloadFailed"}, 0, ("app",))
+    assert used
+    unknown = {code: where for code, where in used.items() if code not in known}
+    assert not unknown, f"add these to app.setup.download_events.DownloadErrorCode: {unknown}"

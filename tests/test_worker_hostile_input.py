@@ -56,6 +56,7 @@ def hello_with(client_json: str, request_id: str = "h1") -> bytes:
         ),
     ],
 )
+@pytest.mark.log_expected("dropped a malformed request")
 def test_a_hostile_line_is_answered_and_the_worker_keeps_serving(worker, line, request_id, words):
     # Sent from a thread: a 17 MiB line to a deaf worker would block this test instead of failing it.
     sender = threading.Thread(target=worker.send_bytes, args=(line,), daemon=True)
@@ -94,6 +95,7 @@ def serve_in_thread(stdin, stdout) -> tuple[threading.Thread, list[int]]:
     return thread, status
 
 
+@pytest.mark.log_expected("the request reader failed|could no longer read requests")
 def test_a_reader_that_dies_ends_the_worker_with_a_fatal_error():
     stdout = io.StringIO()
     thread, status = serve_in_thread(_StdinThatBreaks(), stdout)
@@ -105,6 +107,7 @@ def test_a_reader_that_dies_ends_the_worker_with_a_fatal_error():
     assert "could no longer read requests" in fatal.message and "the handle went bad" in fatal.message
 
 
+@pytest.mark.log_expected("its event stream failed")
 def test_a_writer_that_dies_ends_the_worker_instead_of_serving_nobody():
     read_end, write_end = os.pipe()
     with os.fdopen(read_end, "rb") as stdin, os.fdopen(write_end, "wb") as gui:
@@ -115,6 +118,7 @@ def test_a_writer_that_dies_ends_the_worker_instead_of_serving_nobody():
         assert status == [engine_worker.EXIT_FATAL]
 
 
+@pytest.mark.log_expected("an event could not be encoded")
 def test_an_event_that_cannot_be_encoded_becomes_an_error_and_later_events_still_go_out():
     stdout = io.StringIO()
     channel = engine_worker.EventChannel(stdout)

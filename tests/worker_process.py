@@ -13,6 +13,9 @@ from tests.conftest import PYTHON, TIMEOUT_SCALE, python_env
 
 
 class WorkerProcess:
+    # Every worker a test started, for tests/logfail.py to read their WARNING+ lines.
+    started: list[WorkerProcess] = []
+
     def __init__(self, **env: str):
         self.process = subprocess.Popen(
             [PYTHON, "-m", "engine", "serve"],
@@ -31,6 +34,7 @@ class WorkerProcess:
         ]
         for reader in self._readers:
             reader.start()
+        WorkerProcess.started.append(self)
 
     def __enter__(self) -> WorkerProcess:
         return self

@@ -1,5 +1,5 @@
 """Fixtures for the GUI-side tests (tests/gui/): Qt warnings fail a test (unexpected log records
-do in every test: tests/conftest.py), a store in the isolated home, and engine clients that are
+do in every folder: tests/logfail.py), a store in the isolated home, and engine clients that are
 always shut down.
 
 Expecting a Qt warning: `@pytest.mark.qt_log_ignore("regex")`.
@@ -24,7 +24,7 @@ def fail_on_qt_warnings(request):
 
 @pytest.fixture
 def chat_store():
-    from app.store import ChatStore
+    from app.chat.store import ChatStore
 
     store = ChatStore()
     yield store
@@ -34,7 +34,7 @@ def chat_store():
 @pytest.fixture
 def make_engine_client(qapp, qtbot):
     """Builds EngineClients (fast restart backoff for tests) and shuts every one down after the test."""
-    from app.engine_client import EngineClient
+    from app.worker.engine_client import EngineClient
 
     clients = []
 
@@ -72,7 +72,7 @@ class SharedEngine:
 def shared_engine_client(qapp, tiny_model_dir, tmp_path_factory):
     """One real worker on the tiny model for tests that leave it READY (forced reply `REPLY`,
     20 ms per denoising step). Tests that crash, restart or stop a worker make their own."""
-    from app.engine_client import EngineClient
+    from app.worker.engine_client import EngineClient
 
     home = tmp_path_factory.mktemp("shared-engine-home")
     client = EngineClient()

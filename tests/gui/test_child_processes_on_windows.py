@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from app.engine_client import worker_command
-from app.model_download import ModelDownload
+from app.worker.engine_client import worker_command
+from app.setup.download import ModelDownload
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_the_worker_starts_with_the_windowed_interpreter_on_windows(windows_venv
 def test_a_model_download_starts_with_the_windowed_interpreter_on_windows(windows_venv, qapp):
     download = ModelDownload("google/some-model", revision="main", cache_dir=windows_venv / "cache")
     assert download.command() == [
-        str(windows_venv / "pythonw.exe"), "-m", "app.model_download",
+        str(windows_venv / "pythonw.exe"), "-m", "app.setup.download_child",
         "--repo", "google/some-model", "--revision", "main", "--cache-dir", str(windows_venv / "cache"),
     ]
 

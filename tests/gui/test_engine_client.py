@@ -11,13 +11,13 @@ import sys
 import psutil
 import pytest
 
-from app.engine_client import EngineClient, EngineState
-from engine.protocol import GenerationSettings
+from app.worker.engine_client import EngineClient, EngineState
+from engine.protocol import ChatMessage, GenerationSettings
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY, start_and_load
 
 SETTINGS = GenerationSettings(max_new_tokens=128, max_denoising_steps=8, seed=1)
-HISTORY = [("user", "Say something about diffusion.")]
+HISTORY = [ChatMessage("user", "Say something about diffusion.")]
 
 
 class EventLog:
@@ -261,7 +261,7 @@ def test_malformed_lines_are_logged_and_dropped(qapp, qtbot, caplog):
 
 
 def test_draft_throttle_keeps_the_latest_and_never_outlives_a_commit(qapp, qtbot):
-    from app.engine_client import _Generation
+    from app.worker.engine_client import _Generation
     from engine import protocol
 
     client = EngineClient(draft_interval_ms=50)
@@ -305,8 +305,21 @@ def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog):
     client.deleteLater()
 
 
+def test_a_state_move_outside_the_transitions_is_logged_as_a_bug(caplog):
+    from app.worker.engine_state import TRANSITIONS, next_state
+
+    facts = dict(running=True, crashed=False, stopping=False, restart_pending=False, loading=False, generating=False)
+    assert next_state(EngineState.STARTING, handshaken=True, **facts) == EngineState.READY
+    assert not caplog.records
+    # A worker that is ready without ever having been started is not a move the client makes.
+    assert EngineState.READY not in TRANSITIONS[EngineState.STOPPED]
+    with caplog.at_level(logging.ERROR, logger="canvas_chat.engine_client"):
+        assert next_state(EngineState.STOPPED, handshaken=True, **facts) == EngineState.READY
+    assert [r.getMessage() for r in caplog.records] == ["engine state moved stopped -> ready, which is not in TRANSITIONS"]
+
+
 def test_exit_description_says_how_the_worker_ended_in_words():
-    from app.engine_client import exit_description
+    from app.worker.line_process import exit_description
 
     assert exit_description(3, True) == "exited with status 3"
     if sys.platform != "win32":

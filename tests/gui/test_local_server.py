@@ -10,9 +10,9 @@ import threading
 import pytest
 from PySide6.QtGui import QGuiApplication
 
-from app.engine_client import EngineClient
-from app.main_window import MainWindow
-from app.store import ChatStore
+from app.worker.engine_client import EngineClient
+from app.window.main_window import MainWindow
+from app.chat.store import ChatStore
 from tests.conftest import TIMEOUT_SCALE, timeout_ms
 from tests.gui.window_helpers import TEST_SETTINGS, ignore_offscreen_limits, send_and_wait, wait_model_loaded
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app import main_window
-from app.main_window import MainWindow, choose_model
+from app.setup import model_choice
+from app.setup.model_choice import choose_model
+from app.window.main_window import MainWindow
 from app.settings import Settings
 
 REAL = "google/diffusiongemma-26B-A4B-it"
@@ -21,7 +22,7 @@ def report(code: str, recommended: str, summary: str = "") -> dict:
 def demo_folder(monkeypatch, tmp_path) -> Path:
     folder = tmp_path / "demo-model"
     folder.mkdir()
-    monkeypatch.setattr(main_window, "demo_model_path", lambda: folder)
+    monkeypatch.setattr(model_choice, "demo_model_path", lambda: folder)
     return folder
 
 
@@ -49,11 +50,10 @@ def test_a_capable_gpu_without_the_weights_gets_the_demo_and_a_pointer_to_model_
 
 @pytest.mark.qt_log_ignore("This plugin does not support")
 def test_the_window_labels_the_demo_model_and_says_why(qtbot, demo_folder, monkeypatch):
-    from app import hardware_fallback
-    from app.engine_client import EngineClient
-    from app.store import ChatStore
+    from app.worker.engine_client import EngineClient
+    from app.chat.store import ChatStore
 
-    monkeypatch.setattr(hardware_fallback, "probe", lambda: report("no_gpu", "demo", "No NVIDIA GPU found."))
+    monkeypatch.setattr(model_choice, "probe_hardware", lambda: report("no_gpu", "demo", "No NVIDIA GPU found."))
     store, client = ChatStore(), EngineClient()
     window = MainWindow(Settings(), store, client)
     qtbot.addWidget(window)
@@ -61,7 +61,7 @@ def test_the_window_labels_the_demo_model_and_says_why(qtbot, demo_folder, monke
     assert window.start_engine()
     text = window.empty_label.text()
     assert "tiny demo model" in text and "toy skills" in text and "No NVIDIA GPU found." in text
-    from app.engine_client import EngineState
+    from app.worker.engine_client import EngineState
     from engine.protocol import ModelLoaded
 
     client._model_info = ModelLoaded("l1", str(demo_folder), str(demo_folder), "cpu", "none", 16, 1000, 1.0, True)

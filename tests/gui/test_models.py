@@ -7,8 +7,8 @@ import sys
 import pytest
 from PySide6.QtCore import Qt
 
-from app.chat import Conversation, ConversationList, DraftState, Message, Transcript
-from app.qt_models import ConversationListModel, ConversationRole, MessageRole, TranscriptListModel
+from app.chat.messages import Conversation, ConversationList, DraftState, Message, Transcript
+from app.chat.qt_models import ConversationListModel, ConversationRole, MessageRole, TranscriptListModel
 
 
 def _messages(count: int) -> list[Message]:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.replay import FRAME_INTERVAL_S, ReplayError, ReplayPlayer, ReplayRecorder, decode_frames, size_report
+from app.chat.replay import FRAME_INTERVAL_S, ReplayError, ReplayPlayer, ReplayRecorder, decode_frames, size_report
 from engine.protocol import CanvasCommitted, Draft
 
 CANVAS = 256

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from app import paths
+from engine import paths
 from app.settings import (
     PRESETS,
     SCHEMA_VERSION,
@@ -131,7 +131,7 @@ def test_the_core_modules_work_without_qt():
 
     script = (
         "import sys\n"
-        "import app.chat, app.paths, app.replay, app.settings, app.store\n"
+        "import app.chat.messages, engine.paths, app.chat.replay, app.settings, app.chat.store\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'torch'))))\n"
     )
     result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=python_env(), timeout=60)

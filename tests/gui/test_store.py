@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from app import paths
-from app.chat import Message
-from app.store import MIGRATIONS, SCHEMA_VERSION, ChatStore, StoreError, StoreWriteError
+from engine import paths
+from app.chat.messages import Message
+from app.chat.store import MIGRATIONS, SCHEMA_VERSION, ChatStore, StoreError, StoreWriteError
 
 
 def _conversation_with(store, *texts):

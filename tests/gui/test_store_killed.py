@@ -7,14 +7,14 @@ import signal
 import subprocess
 import time
 
-from app.paths import database_path
-from app.store import ChatStore
+from app.chat.store import ChatStore
+from engine.paths import database_path
 from tests.conftest import PYTHON, TIMEOUT_SCALE, python_env
 
 WRITER = r"""
 import sys
-from app.chat import Message
-from app.store import ChatStore
+from app.chat.messages import Message
+from app.chat.store import ChatStore
 
 store = ChatStore()
 conversation = store.create_conversation("killed")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine_client import EngineClient
-from app.main_window import MainWindow
-from app.store import ChatStore
+from app.worker.engine_client import EngineClient
+from app.window.main_window import MainWindow
+from app.chat.store import ChatStore
 from tests.gui.window_helpers import TEST_SETTINGS, ignore_offscreen_limits, send_and_wait, wait_model_loaded
 
 pytestmark = [pytest.mark.slow, ignore_offscreen_limits]

@@ -13,10 +13,10 @@ import psutil
 import pytest
 from PySide6.QtCore import Qt
 
-from app.canvas_paint import NOISE_GLYPH
-from app.engine_client import EngineClient, EngineState
-from app.main_window import MainWindow
-from app.store import ChatStore
+from app.transcript.canvas_paint import NOISE_GLYPH
+from app.worker.engine_client import EngineClient, EngineState
+from app.window.main_window import MainWindow
+from app.chat.store import ChatStore
 from tests.conftest import REPO_ROOT, timeout_ms
 from tests.gui.window_helpers import (
     TEST_SETTINGS,
@@ -316,7 +316,7 @@ SPECIAL_REPLY = "Noise<pad><pad> settles<|channel> into<mask> text<pad>, one<|im
 def test_no_draft_replay_frame_or_committed_text_shows_a_special_token(open_window, qtbot, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from app.replay import decode_frames
+    from app.chat.replay import decode_frames
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     specials = [token for token in tokenizer.all_special_tokens if token]
@@ -369,7 +369,7 @@ DEMO_MODEL = str(REPO_ROOT / "resources" / "demo-model")
 def test_the_demo_answers_three_questions_of_different_skills_in_one_chat(qtbot, monkeypatch):
     """The shipped demo model in the real window and worker: a follow-up in the same chat is
     answered as well as the first question (the worker reuses the chat's KV cache)."""
-    from app.main_window import DEMO_EXAMPLE_PROMPTS
+    from app.window.main_window import DEMO_EXAMPLE_PROMPTS
     from app.settings import Settings
 
     monkeypatch.delenv("CANVAS_CHAT_TEST_FORCE_REPLY", raising=False)

@@ -10,17 +10,17 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
-from app.canvas_paint import FADE_LEVELS, FADE_S, NOISE_CELL, NOISE_GLYPH, CanvasAnimation, layout_canvas
-from app.chat import DraftState, Message
-from app.composer import Composer
-from app.engine_client import EngineClient, EngineState
-from app.main_window import MainWindow
-from app.markdown_render import MarkdownRenderer
+from app.transcript.canvas_paint import FADE_LEVELS, FADE_S, NOISE_CELL, NOISE_GLYPH, CanvasAnimation, layout_canvas
+from app.chat.messages import DraftState, Message
+from app.window.composer import Composer
+from app.worker.engine_client import EngineClient, EngineState
+from app.window.main_window import MainWindow
+from app.transcript.markdown_render import MarkdownRenderer
 from app.settings import PRESETS, Settings
-from app.settings_dialog import SettingsDialog
-from app.store import ChatStore
+from app.window.settings_dialog import SettingsDialog
+from app.chat.store import ChatStore
 from app.theme import DARK, LIGHT, resolve_theme
-from app.transcript_view import stats_line
+from app.transcript.delegate import stats_line
 from tests.conftest import PYTHON, python_env
 from tests.gui.window_helpers import ignore_offscreen_limits
 
@@ -215,10 +215,10 @@ def test_streaming_row_draws_the_open_canvas_from_the_message_draft(window, qtbo
 def test_the_gui_process_never_imports_torch_or_transformers():
     code = (
         "import sys, os; os.environ['QT_QPA_PLATFORM']='offscreen'\n"
-        "import app.__main__, app.main_window, app.self_test, app.transcript_view\n"
+        "import app.__main__, app.window.main_window, app.self_test, app.transcript.view\n"
         "from PySide6.QtWidgets import QApplication; a = QApplication([])\n"
-        "from app.main_window import MainWindow; from app.store import ChatStore\n"
-        "from app.engine_client import EngineClient; from app.settings import Settings\n"
+        "from app.window.main_window import MainWindow; from app.chat.store import ChatStore\n"
+        "from app.worker.engine_client import EngineClient; from app.settings import Settings\n"
         "w = MainWindow(Settings(), ChatStore(), EngineClient()); w.show(); a.processEvents()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print(bad); w.close(); sys.exit(1 if bad else 0)\n"
@@ -233,7 +233,7 @@ def test_model_setup_action_is_disabled_when_the_module_is_missing(qtbot, monkey
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "app.model_setup" else real_find_spec(name, *args)
+        importlib.util, "find_spec", lambda name, *args: None if name == "app.setup.dialog" else real_find_spec(name, *args)
     )
     store = ChatStore()
     window = MainWindow(Settings(), store, EngineClient())
@@ -297,7 +297,7 @@ def test_the_app_reopens_the_last_chat_on_start(qtbot):
 
 @ignore_offscreen_limits
 def test_the_empty_chat_offers_clickable_examples_when_the_demo_is_loaded(window, qtbot):
-    from app.main_window import DEMO_EXAMPLE_PROMPTS
+    from app.window.main_window import DEMO_EXAMPLE_PROMPTS
     from engine.protocol import ModelLoaded
 
     def loaded(is_demo):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.canvas_paint import NOISE_CELL
+from app.transcript.canvas_paint import NOISE_CELL
 from app.settings import Settings
 from tests.conftest import timeout_ms
 
@@ -46,7 +46,7 @@ class CanvasRecorder:
         if snapshot is None or snapshot.canvas_index < 0:
             return
         row = view.animated_row(snapshot.message_id)
-        layout = view.canvas_layout(row, view.delegate.content_width("assistant", view.viewport().width()), 0.0)
+        layout = view.delegate.canvas_layout(row, view.delegate.content_width("assistant", view.viewport().width()), 0.0)
         frame = DrawnCanvas(
             canvas_index=snapshot.canvas_index,
             step_index=snapshot.step_index,
@@ -66,7 +66,7 @@ class CanvasRecorder:
 
 def expected_layout_text(pieces, settled) -> str:
     """What the canvas must show: settled pieces as text, every other position a neutral cell."""
-    from app.canvas_paint import _display
+    from app.transcript.canvas_paint import _display
 
     return "".join(_display(piece) if flag else NOISE_CELL for piece, flag in zip(pieces, settled))
 

@@ -46,7 +46,8 @@ def _load_bootstrap():
 
 bootstrap = _load_bootstrap()
 
-RTX_4090 = "NVIDIA GeForce RTX 4090, 576.02, 8.9"
+# nvidia-smi rows in the order the engine asks for: index, name, compute_cap, driver, total and free MiB.
+RTX_4090 = "0, NVIDIA GeForce RTX 4090, 8.9, 576.02, 24564, 23012"
 GIB = 1024**3
 
 
@@ -224,7 +225,7 @@ def test_driver_that_cannot_talk_to_the_gpu_counts_as_no_gpu(boot, install_root,
 
 
 def test_gpu_older_than_rtx_20_installs_the_cpu_build(boot, install_root, payloads):
-    boot.gpu("NVIDIA GeForce GTX 1080, 576.02, 6.1")
+    boot.gpu("0, NVIDIA GeForce GTX 1080, 6.1, 576.02, 8192, 8000")
     proc = boot.run(install_root / "CanvasChat", payloads["0.1.0"])
     assert proc.returncode == 0, proc.stdout
     assert "GTX 1080) is older than the RTX 20 series" in proc.stdout
@@ -232,7 +233,7 @@ def test_gpu_older_than_rtx_20_installs_the_cpu_build(boot, install_root, payloa
 
 
 def test_driver_too_old_for_cuda_12_8_stops_with_its_own_exit_code(boot, install_root, payloads):
-    boot.gpu("NVIDIA GeForce RTX 3060, 546.33, 8.6")
+    boot.gpu("0, NVIDIA GeForce RTX 3060, 8.6, 546.33, 12288, 12000")
     install_dir = install_root / "CanvasChat"
     proc = boot.run(install_dir, payloads["0.1.0"])
     assert_failed_before_downloading(proc, install_dir, "DRIVER_TOO_OLD")
@@ -244,7 +245,7 @@ def test_driver_too_old_to_report_compute_capability(boot, install_root, payload
     script = boot.bin_dir / "nvidia-smi"
     script.write_text(
         "#!/bin/sh\ncase \"$*\" in *compute_cap*) echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2;; esac\n"
-        "echo 'NVIDIA GeForce RTX 2080, 472.12'\n",
+        "echo '0, NVIDIA GeForce RTX 2080, 472.12, 8192, 7800'\n",
         encoding="utf-8",
     )
     install_dir = install_root / "CanvasChat"

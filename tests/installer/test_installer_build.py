@@ -120,6 +120,7 @@ def test_payload_holds_uv_the_app_the_bootstrap_and_the_pins(setup_exe):
         "uv/uv.exe",
         f"payload/canvas_chat-{VERSION}-py3-none-any.whl",
         "bootstrap.py",
+        "machine.py",
         "payload/requirements.txt",
         "payload/requirements-torch-cu128.txt",
         "payload/requirements-torch-cpu.txt",
@@ -131,6 +132,7 @@ def test_payload_holds_uv_the_app_the_bootstrap_and_the_pins(setup_exe):
 
 def test_payload_files_are_the_ones_in_the_repo(payload):
     assert (payload / "bootstrap.py").read_bytes() == (INSTALLER / "bootstrap.py").read_bytes()
+    assert (payload / "machine.py").read_bytes() == (INSTALLER.parent / "engine" / "machine.py").read_bytes()
     for pins in ("requirements.txt", "requirements-torch-cu128.txt", "requirements-torch-cpu.txt"):
         assert (payload / "payload" / pins).read_bytes() == (INSTALLER / "pins" / pins).read_bytes()
     uv_exe = subprocess.run(["file", "-b", str(payload / "uv" / "uv.exe")], capture_output=True, text=True).stdout

@@ -16,11 +16,11 @@ def test_every_app_folder_on_windows_is_under_the_folder_the_uninstaller_offers_
     offered = re.search(r'!define USER_DATA_DIR "\$LOCALAPPDATA\\(\w+)"', nsi).group(1)
     local, roaming = tmp_path / "Local", tmp_path / "Roaming"
     folders = {"CSIDL_LOCAL_APPDATA": local, "CSIDL_APPDATA": roaming}
-    # Resolve app.paths the way it resolves on Windows, with the known folders in tmp_path.
+    # Resolve engine.paths the way it resolves on Windows, with the known folders in tmp_path.
     monkeypatch.setattr(platformdirs.windows, "get_win_folder", lambda csidl: str(folders[csidl]))
     monkeypatch.setattr(platformdirs, "PlatformDirs", platformdirs.windows.Windows)
     monkeypatch.delenv("CANVAS_CHAT_HOME")
-    from app import paths
+    from engine import paths
 
     for where in (paths.data_dir(), paths.config_dir(), paths.log_dir(), paths.models_dir()):
         assert Path(where).is_relative_to(local / offered), f"{where} is outside %LOCALAPPDATA%\\{offered}"

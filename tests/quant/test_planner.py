@@ -125,10 +125,10 @@ def test_plan_names_a_tiny_models_parameters_not_zero_billion(capsys):
 
 
 def test_plan_without_gpu_memory_on_a_pc_without_a_gpu_says_what_it_assumes(capsys, monkeypatch):
-    import engine.hardware
+    import engine.machine
     from engine.planner import cli_main
 
-    monkeypatch.setattr(engine.hardware, "_nvidia_smi_path", lambda: None)
+    monkeypatch.setattr(engine.machine, "nvidia_smi_path", lambda *args: None)
     assert cli_main(["--model", REAL_MODEL_ID, "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["gpu_free_bytes"] == 24 * GIB

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gui.conftest import fail_on_qt_warnings  # noqa: F401  (same discipline; log records: tests/conftest.py)
+from engine.hub import REAL_MODEL_ID
+from tests.gui.conftest import fail_on_qt_warnings  # noqa: F401  (same discipline; log records: tests/logfail.py)
 from tests.setup.hub_server import FakeHub
-
-REAL_MODEL_ID = "google/diffusiongemma-26B-A4B-it"
 
 
 @pytest.fixture(autouse=True)

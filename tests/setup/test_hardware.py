@@ -1,4 +1,4 @@
-"""The hardware check: nvidia-smi parsing, the verdict rules, the torch-free GUI twin, the CLI."""
+"""The hardware check: nvidia-smi parsing, the verdict rules, the GUI's torch-free probe, the CLI."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-import app.hardware_fallback as gui_hw
 import engine.hardware as engine_hw
+from engine import machine
 from tests.conftest import PYTHON, python_env
 
 GIB = 1024**3
@@ -39,13 +39,12 @@ def _verdict(module, gpu, plan=None, **overrides):
 
 
 def test_nvidia_smi_csv_is_parsed_into_bytes():
-    (gpu,) = engine_hw.parse_nvidia_smi_csv(SMI_4090)
+    (gpu,) = machine.parse_nvidia_smi_csv(SMI_4090)
     assert gpu["name"] == "NVIDIA GeForce RTX 4090"
     assert gpu["compute_capability"] == "8.9"
     assert gpu["driver_version"] == "566.36"
     assert gpu["total_vram_bytes"] == 24564 * 1024 * 1024
     assert gpu["free_vram_bytes"] == 23012 * 1024 * 1024
-    assert gui_hw.parse_nvidia_smi_csv(SMI_4090) == [gpu]
 
 
 def test_no_gpu_means_the_demo_model():
@@ -100,35 +99,15 @@ def test_the_planner_decides_when_it_is_there():
     assert verdict["code"] == "ok_shorter_context" and "4,096 tokens" in verdict["summary"]
 
 
-def test_the_gui_estimate_matches_the_planner():
+def test_the_fallback_estimate_matches_the_planner():
     planned = engine_hw.planner_plan(None)
     assert planned is not None
-    assert abs(gui_hw.estimate_plan()["total_bytes"] - planned["total_bytes"]) < 0.02 * planned["total_bytes"]
-
-
-@pytest.mark.parametrize(
-    "gpu, overrides",
-    [
-        (None, {}),
-        (_gpu(24), {}),
-        (_gpu(24), {"model_downloaded": True}),
-        (_gpu(24, free_gib=3), {"disk_free_bytes": 10 * GIB}),
-        (_gpu(16), {}),
-        (_gpu(8, cc="7.5"), {}),
-        (_gpu(24, cc="6.1"), {}),
-        (_gpu(24), {"cuda_available": False}),
-        (_gpu(32, name="NVIDIA GeForce RTX 5090", cc="12.0"), {"ram_total_bytes": 8 * GIB}),
-    ],
-)
-def test_gui_and_worker_give_the_same_verdict(gpu, overrides):
-    assert _verdict(gui_hw, gpu, engine_hw.estimate_plan(), **overrides) == _verdict(
-        engine_hw, gpu, engine_hw.estimate_plan(), **overrides
-    )
+    assert abs(engine_hw.estimate_plan()["total_bytes"] - planned["total_bytes"]) < 0.02 * planned["total_bytes"]
 
 
 def test_gui_probe_reads_nvidia_smi(fake_nvidia_smi):
     fake_nvidia_smi(SMI_4090)
-    report = gui_hw.probe()
+    report = engine_hw.probe(use_torch=False)
     json.dumps(report)
     assert report["source"] == "gui"
     assert report["gpu"]["name"] == "NVIDIA GeForce RTX 4090"
@@ -140,33 +119,33 @@ def test_gui_probe_reads_nvidia_smi(fake_nvidia_smi):
 
 def test_old_drivers_without_compute_cap_still_work(fake_nvidia_smi):
     fake_nvidia_smi("0, NVIDIA GeForce RTX 3090, 470.00, 24576, 24000\n", no_compute_cap=True)
-    report = gui_hw.probe()
+    report = engine_hw.probe(use_torch=False)
     assert report["gpu"]["name"] == "NVIDIA GeForce RTX 3090"
     assert report["gpu"]["compute_capability"] is None
     assert report["verdict"]["code"] == "ok"
 
 
 def test_a_hanging_or_failing_nvidia_smi_is_a_note_not_a_crash(fake_nvidia_smi, monkeypatch):
-    monkeypatch.setattr(gui_hw, "NVIDIA_SMI_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(machine, "NVIDIA_SMI_TIMEOUT_S", 0.5)
     fake_nvidia_smi(SMI_4090, hang_s=5)
-    report = gui_hw.probe()
+    report = engine_hw.probe(use_torch=False)
     assert report["gpus"] == [] and "did not answer" in report["problems"][0]
     fake_nvidia_smi("", exit_code=9, stderr="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
-    report = gui_hw.probe()
+    report = engine_hw.probe(use_torch=False)
     assert report["gpus"] == [] and "couldn't communicate" in report["problems"][0]
     assert report["verdict"]["code"] == "no_gpu"
 
 
 def test_no_nvidia_smi_means_no_gpu(no_nvidia_smi):
-    report = gui_hw.probe()
+    report = engine_hw.probe(use_torch=False)
     assert report["gpus"] == [] and report["problems"] == []
     assert report["verdict"]["code"] == "no_gpu"
 
 
 def test_gui_probe_never_imports_torch():
     code = (
-        "import sys, app.hardware_fallback as h; r = h.probe(); "
-        "bad = [m for m in ('torch', 'transformers', 'engine.hardware') if m in sys.modules]; "
+        "import sys, engine.hardware as h; r = h.probe(use_torch=False); "
+        "bad = [m for m in ('torch', 'transformers', 'PySide6') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True, timeout=60)
@@ -206,11 +185,11 @@ def test_cli_prints_json_and_text(fake_nvidia_smi):
 
 
 def test_the_recommended_model_is_the_real_one_only_when_it_can_run_and_is_there():
-    plan = gui_hw.estimate_plan()
+    plan = engine_hw.estimate_plan()
     kwargs = dict(cuda_available=None, ram_total_bytes=64 * GIB, disk_free_bytes=500 * GIB, disk_path="/")
-    ready = {"verdict": gui_hw.make_verdict(_gpu(24), plan, model_downloaded=True, **kwargs)}
-    assert gui_hw.recommended_model(ready) == "google/diffusiongemma-26B-A4B-it"
-    not_there = {"verdict": gui_hw.make_verdict(_gpu(24), plan, model_downloaded=False, **kwargs)}
-    assert gui_hw.recommended_model(not_there) is None
-    no_gpu = {"verdict": gui_hw.make_verdict(None, plan, model_downloaded=True, **kwargs)}
-    assert gui_hw.recommended_model(no_gpu) is None
+    ready = {"verdict": engine_hw.make_verdict(_gpu(24), plan, model_downloaded=True, **kwargs)}
+    assert engine_hw.recommended_model(ready) == "google/diffusiongemma-26B-A4B-it"
+    not_there = {"verdict": engine_hw.make_verdict(_gpu(24), plan, model_downloaded=False, **kwargs)}
+    assert engine_hw.recommended_model(not_there) is None
+    no_gpu = {"verdict": engine_hw.make_verdict(None, plan, model_downloaded=True, **kwargs)}
+    assert engine_hw.recommended_model(no_gpu) is None

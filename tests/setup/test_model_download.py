@@ -7,15 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from app.model_download import (
-    DownloadProgress,
-    ModelDownload,
-    RateMeter,
-    TEST_DISK_FREE_ENV,
-    TEST_RETRY_WAIT_ENV,
-    format_bytes,
-    format_duration,
-)
+from app.setup.download import ModelDownload
+from app.setup.download_child import TEST_RETRY_WAIT_ENV, RateMeter
+from app.setup.download_events import DownloadProgress, format_bytes, format_duration
+from app.setup.download_plan import TEST_DISK_FREE_ENV
 from tests.conftest import timeout_ms
 from tests.setup.conftest import REAL_MODEL_ID
 from tests.setup.hub_server import COMMIT
@@ -104,8 +99,8 @@ def test_files_already_in_the_cache_are_reused(fake_hub, downloads, qtbot):
         again.finished, timeout=timeout_ms(60)
     ):
         again.start()
-    assert planned.args[0]["needed_bytes"] == 0
-    assert planned.args[0]["reused_files"] == len(fake_hub.files)
+    assert planned.args[0].needed_bytes == 0
+    assert planned.args[0].reused_files == len(fake_hub.files)
     assert fake_hub.gets_of(WEIGHTS) == []
 
 
@@ -156,7 +151,7 @@ def test_a_partial_file_is_resumed_after_the_app_restarts(fake_hub, downloads, t
         after.finished, timeout=timeout_ms(60)
     ) as finished:
         after.start()
-    assert planned.args[0]["present_bytes"] >= kept
+    assert planned.args[0].present_bytes >= kept
     _assert_same_files(Path(finished.args[0]), tiny_model_dir)
     assert fake_hub.gets_of(WEIGHTS)[-1] == f"bytes={kept}-"
     assert _partials(isolated_home) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.model_folder import INDEX_NAME, check_model_folder
+from engine.model_folder import INDEX_NAME, check_model_folder
 
 
 @pytest.fixture

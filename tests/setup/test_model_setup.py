@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-from app import hardware_fallback as hw
-from app.model_download import TEST_DISK_FREE_ENV, TEST_RETRY_WAIT_ENV, ModelDownload
-from app.model_setup import ModelSetupDialog, open_model_setup
+from engine import hardware as hw
+from app.setup.download import ModelDownload
+from app.setup.download_child import TEST_RETRY_WAIT_ENV
+from app.setup.download_plan import TEST_DISK_FREE_ENV
+from app.setup.dialog import ModelSetupDialog, open_model_setup
 from app.settings import Settings
 from tests.conftest import timeout_ms
 from tests.setup.conftest import REAL_MODEL_ID
@@ -91,7 +93,7 @@ def test_the_hardware_check_runs_off_the_gui_thread(qtbot, no_nvidia_smi):
 
     def probe():
         threads.append(threading.current_thread())
-        return hw.probe()
+        return hw.probe(use_torch=False)
 
     dialog = ModelSetupDialog(probe=probe)
     qtbot.addWidget(dialog)
@@ -241,9 +243,9 @@ def qtbot_button():
 
 @pytest.mark.qt_log_ignore("This plugin does not support (propagateSizeHints|raise)")
 def test_the_main_window_menu_opens_the_setup_screen_and_stores_the_folder(qtbot, tiny_model_dir, no_nvidia_smi):
-    from app.engine_client import EngineClient
-    from app.main_window import MainWindow
-    from app.store import ChatStore
+    from app.worker.engine_client import EngineClient
+    from app.window.main_window import MainWindow
+    from app.chat.store import ChatStore
 
     store = ChatStore()
     client = EngineClient()
@@ -291,12 +293,12 @@ def test_readme_and_setup_screen_give_the_same_download_size():
     """One unit convention (GB as Windows shows them, 1024**3 bytes) and one figure everywhere."""
     import re
 
-    import app.model_setup
+    import app.setup.dialog
     from tests.conftest import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     (readme_gb,) = re.findall(r"diffusiongemma-26B-A4B-it` \(about (\d+) GB\)", readme)
-    source = Path(app.model_setup.__file__).read_text(encoding="utf-8")
+    source = Path(app.setup.dialog.__file__).read_text(encoding="utf-8")
     (app_gb,) = re.findall(r"from Hugging Face, about (\d+) GB", source)
     assert readme_gb == app_gb
     assert "GiB" not in readme.split("## Fitting")[1].split("##")[0], "the README mixes GB and GiB"

@@ -9,8 +9,8 @@ import pytest
 from filelock import FileLock
 from PySide6.QtWidgets import QMessageBox
 
-from app.model_download import ModelDownload
-from app.model_setup import ModelSetupDialog
+from app.setup.download import ModelDownload
+from app.setup.dialog import ModelSetupDialog
 from engine.hub_cache import find_partial_downloads, remove_partial_downloads
 from tests.setup.conftest import REAL_MODEL_ID
 from tests.setup.test_model_setup import _report

@@ -29,21 +29,22 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QLayout,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from app import hardware_fallback
-from app.model_download import REAL_MODEL_ID, DownloadProgress, ModelDownload, format_bytes, hub_cache_dir
-from app.model_folder import FolderCheck, check_model_folder
-from engine.hub_cache import find_partial_downloads, remove_partial_downloads
+from app.setup.download import ModelDownload
+from app.setup.download_events import DownloadPlanned, DownloadProgress, format_bytes
+from app.setup.model_choice import probe_hardware
+from app.setup.partial_downloads import PartialDownloadsRow
+from engine.hub import REAL_MODEL_ID, REAL_MODEL_NAME, hub_cache_dir, repo_storage_dir
+from engine.hub_cache import PARTIAL_SUFFIX
+from engine.model_folder import FolderCheck, check_model_folder
 
 log = logging.getLogger("canvas_chat.model_setup")
 
-REAL_MODEL_NAME = "DiffusionGemma 26B-A4B"
 TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 PROGRESS_STEPS = 1000
 
@@ -118,7 +119,7 @@ class ModelSetupDialog(QDialog):
         if report is not None:
             self.set_hardware_report(report)
         else:
-            self._start_probe(probe or hardware_fallback.probe)
+            self._start_probe(probe or probe_hardware)
         self._refresh_download_buttons()
 
     # ------------------------------------------------------------------ layout
@@ -219,16 +220,11 @@ class ModelSetupDialog(QDialog):
         self.progress_label.setVisible(False)
         self.download_status.setVisible(False)
 
-        partials_row = QHBoxLayout()
-        self.partials_label = QLabel("", box)
-        self.partials_label.setObjectName("partialDownloadsLabel")
-        self.partials_label.setWordWrap(True)
-        self.clean_partials_button = QPushButton("Clean up\u2026", box)
-        self.clean_partials_button.setObjectName("cleanPartialsButton")
-        self.clean_partials_button.clicked.connect(self._on_clean_partials_button_clicked)
-        partials_row.addWidget(self.partials_label, 1)
-        partials_row.addWidget(self.clean_partials_button)
-        inner.addLayout(partials_row)
+        self.partials_row = PartialDownloadsRow(box)
+        self.partials_row.cleaned.connect(self._on_partials_row_cleaned)
+        self.partials_label = self.partials_row.label
+        self.clean_partials_button = self.partials_row.clean_button
+        inner.addWidget(self.partials_row)
         return box
 
     def _build_folder(self) -> QWidget:
@@ -364,9 +360,8 @@ class ModelSetupDialog(QDialog):
         if stage in ("verifying", "finalizing") or message.startswith("Connection lost"):
             self._status(message + "\u2026")
 
-    def _on_download_planned(self, plan: dict[str, Any]) -> None:
-        total = int(plan.get("total_bytes", 0))
-        present = int(plan.get("present_bytes", 0))
+    def _on_download_planned(self, plan: DownloadPlanned) -> None:
+        total, present = plan.total_bytes, plan.present_bytes
         self._show_progress(present, total)
         if present:
             self._status(f"Continuing: {format_bytes(present)} of {format_bytes(total)} are already on this PC.")
@@ -419,48 +414,17 @@ class ModelSetupDialog(QDialog):
         self.pause_button.setEnabled(state == "running")
         self.cancel_button.setEnabled(state in ("running", "pausing") or state in ("paused", "failed"))
         self.use_download_button.setEnabled(downloaded and not running)
-        self._refresh_partial_downloads()
+        self.partials_row.refresh(busy=running)
 
-    def _refresh_partial_downloads(self) -> None:
-        """Partial files that interrupted downloads left in the cache, with the space they take."""
-        partials = find_partial_downloads()
-        total = sum(partial.size for partial in partials)
-        self.partials_label.setText(
-            f"{len(partials)} partial download{'' if len(partials) == 1 else 's'}, {format_bytes(total)}, "
-            "left in the Hugging Face cache by interrupted downloads."
-        )
-        busy = self.download.state in ("running", "pausing", "cancelling")
-        self.partials_label.setVisible(bool(partials))
-        self.clean_partials_button.setVisible(bool(partials))
-        self.clean_partials_button.setEnabled(not busy)
-
-    def _on_clean_partials_button_clicked(self) -> None:
-        partials = find_partial_downloads()
-        if not partials:
-            self._refresh_partial_downloads()
-            return
-        total = format_bytes(sum(partial.size for partial in partials))
-        answer = QMessageBox.question(
-            self,
-            "Clean up partial downloads",
-            f"Delete {len(partials)} partial download file{'' if len(partials) == 1 else 's'} ({total})? "
-            "A paused download of them starts over. Downloads in progress are not touched.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            QMessageBox.StandardButton.Cancel,
-        )
-        if answer != QMessageBox.StandardButton.Yes:
-            return
-        cleanup = remove_partial_downloads()
-        message = f"Removed {cleanup.removed} partial download file{'' if cleanup.removed == 1 else 's'}, freeing {format_bytes(cleanup.freed_bytes)}."
-        if cleanup.failed:
-            message += " Could not remove: " + "; ".join(cleanup.failed[:3])
-        self._status(message, error=bool(cleanup.failed))
+    def _on_partials_row_cleaned(self, message: str, failed: bool) -> None:
+        if message:
+            self._status(message, error=failed)
         self._refresh_download_buttons()
 
     def _has_partial_download(self) -> bool:
-        blobs = hub_cache_dir() / ("models--" + REAL_MODEL_ID.replace("/", "--")) / "blobs"
+        blobs = repo_storage_dir(REAL_MODEL_ID) / "blobs"
         try:
-            return any(blobs.glob("*.incomplete"))
+            return any(blobs.glob("*" + PARTIAL_SUFFIX))
         except OSError:
             return False
 
@@ -545,7 +509,7 @@ def settings_model_for(kind: str, model: str) -> str | None:
 def open_model_setup(window: Any) -> ModelSetupDialog:
     """Opens (or brings back) the setup screen for the main window and applies the choice.
 
-    `app.main_window.MainWindow.open_model_setup` calls this when it exists.
+    `app.window.main_window.MainWindow.open_model_setup` calls this when it exists.
     """
     dialog = getattr(window, "_model_setup_window", None)
     if not isinstance(dialog, ModelSetupDialog):

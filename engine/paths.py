@@ -1,7 +1,7 @@
 """Every folder Canvas Chat writes to, from platformdirs ("CanvasChat").
 
 `CANVAS_CHAT_HOME` overrides them all (tests, portable installs): data/, config/, logs/ and
-models/ become subfolders of it. Nothing else in the app builds a user path by hand.
+models/ become subfolders of it. Nothing else in the GUI or the worker builds a user path by hand.
 """
 
 from __future__ import annotations

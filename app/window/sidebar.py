@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.qt_models import ConversationRole
+from app.chat.qt_models import ConversationRole
 
 SEARCH_DELAY_MS = 150
 

@@ -1,31 +1,31 @@
 """`EngineClient`: supervises the engine worker process (`python -m engine serve`) from the GUI.
 
-It owns the QProcess, speaks `engine.protocol` over its stdin/stdout, forwards the worker's
-stderr into the "canvas_chat.engine" logger, throttles drafts (latest wins, at most ~60/s, never
-dropping commits, done or errors), detects crashes and restarts with backoff. Nothing here
+It speaks `engine.protocol` with the worker through a `LineProcess`, keeps the requests in
+flight, passes drafts through a `DraftThrottle` (never commits, done or errors), forwards the
+worker's stderr through `WorkerLog`, detects crashes and restarts with backoff. Nothing here
 blocks the GUI thread, except the short bounded wait in `shutdown()` when the app closes.
 
-States (`EngineState`): STOPPED → STARTING → (handshake) → LOADING → READY ⇄ GENERATING;
-an unexpected exit → CRASHED → RESTARTING (backoff timer, relaunch, handshake) → LOADING → READY.
+States (`EngineState`, allowed moves in `TRANSITIONS`): STOPPED → STARTING → (handshake) →
+LOADING → READY ⇄ GENERATING; an unexpected exit → CRASHED → RESTARTING (backoff timer, relaunch,
+handshake) → LOADING → READY.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
 import logging
-import re
-import signal
-import sys
-import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
 
-from PySide6.QtCore import QObject, QProcess, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
-from app.child_python import child_python
+from app.worker.cancel_watchdog import CancelWatchdog
+from app.worker.child_python import child_python
+from app.worker.draft_throttle import DRAFT_INTERVAL_MS, DraftThrottle
+from app.worker.engine_state import EngineState, next_state
+from app.worker.line_process import LineProcess
+from app.worker.worker_log import WorkerLog
 from engine import protocol
 from engine.protocol import (
     PROTOCOL_VERSION,
@@ -39,10 +39,11 @@ from engine.protocol import (
     LoadProgress,
     ModelLoaded,
     Ready,
+    Unloaded,
 )
 
 log = logging.getLogger("canvas_chat.engine_client")
-worker_log = logging.getLogger("canvas_chat.engine")
+
 
 
 def worker_command() -> list[str]:
@@ -50,36 +51,11 @@ def worker_command() -> list[str]:
     return [child_python(), "-m", "engine", "serve"]
 
 
-DRAFT_INTERVAL_MS = 16  # ~60 drafts a second at most
-STDERR_TAIL_LINES = 50
 RESTART_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 HANDSHAKE_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
 # A worker that has not ended a cancelled request by then is hung (one step takes well under a
 # second): it is killed and restarted like a crashed one.
 CANCEL_TIMEOUT_S = 15.0
-_STDERR_LINE = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG)\s+([\w.\-]+):\s?(.*)$")
-
-
-def exit_description(code: int, normal_exit: bool) -> str:
-    """How a process ended, in words: "exited with status 3", "killed by SIGKILL"."""
-    if normal_exit:
-        return f"exited with status {code}"
-    if sys.platform != "win32" and 0 < code < 128:
-        try:
-            return f"killed by {signal.Signals(code).name}"
-        except ValueError:
-            return f"killed by signal {code}"
-    return f"crashed (status {code:#x})" if code else "crashed"
-
-
-class EngineState(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    LOADING = "loading"
-    READY = "ready"
-    GENERATING = "generating"
-    CRASHED = "crashed"
-    RESTARTING = "restarting"
 
 
 @dataclass(frozen=True)
@@ -107,18 +83,6 @@ def _empty_stats() -> GenerationStats:
         canvases=0,
         prompt_tokens=0,
     )
-
-
-def _chat_messages(messages: Iterable[Any]) -> list[ChatMessage]:
-    result = []
-    for message in messages:
-        if isinstance(message, ChatMessage):
-            result.append(message)
-        elif isinstance(message, tuple):
-            result.append(ChatMessage(role=message[0], content=message[1]))
-        else:  # app.chat.Message or anything with role/content
-            result.append(ChatMessage(role=message.role, content=message.content))
-    return result
 
 
 class EngineClient(QObject):
@@ -173,21 +137,16 @@ class EngineClient(QObject):
         self._restart_delays_s = tuple(restart_delays_s)
         self.auto_restart = auto_restart
         self._state = EngineState.STOPPED
-        self._process: QProcess | None = None
-        self._stdout_buffer = b""
-        self._stderr_buffer = b""
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._process: LineProcess | None = None
+        self._worker_log = WorkerLog()
         self.last_exit_description = ""  # "killed by SIGKILL", "exited with status 3"
-        self._stderr_level = logging.INFO
-        # Lifecycle facts; the state is derived from them in _update_state().
-        self._launching = False  # process started, handshake not done yet
+        # Lifecycle facts; _update_state() derives the state from them and checks the move.
         self._handshaken = False
         self._stopping = False  # an exit now is expected (shutdown/restart)
         self._crashed = False
         self._restart_pending = False
         self._restart_attempts = 0
         self._fatal_error: Error | None = None
-        self._hello_id = ""
         self._ready: Ready | None = None
         self._model_request: ModelRequest | None = None
         self._load_request_id: str | None = None
@@ -196,12 +155,8 @@ class EngineClient(QObject):
         self._api_server: protocol.StartApiServer | None = None  # wanted on; resent after a restart
         self.last_exit_code: int | None = None
 
-        self._pending_drafts: dict[str, Draft] = {}
-        self._last_draft_emit = 0.0
-        self._draft_interval_ms = draft_interval_ms
-        self._draft_timer = QTimer(self)
-        self._draft_timer.setSingleShot(True)
-        self._draft_timer.timeout.connect(self._on_draft_timer_timeout)
+        self._drafts = DraftThrottle(draft_interval_ms, self)
+        self._drafts.released.connect(self._on_drafts_released)
 
         self._restart_timer = QTimer(self)
         self._restart_timer.setSingleShot(True)
@@ -212,11 +167,8 @@ class EngineClient(QObject):
         self._handshake_timer.setInterval(int(handshake_timeout_s * 1000))
         self._handshake_timer.timeout.connect(self._on_handshake_timer_timeout)
 
-        self._cancel_deadlines: dict[str, float] = {}
-        self._cancel_timeout_s = cancel_timeout_s
-        self._cancel_timer = QTimer(self)
-        self._cancel_timer.setSingleShot(True)
-        self._cancel_timer.timeout.connect(self._on_cancel_timer_timeout)
+        self._cancels = CancelWatchdog(cancel_timeout_s, self)
+        self._cancels.overdue.connect(self._on_cancels_overdue)
 
     # ------------------------------------------------------------------ public state
 
@@ -235,13 +187,11 @@ class EngineClient(QObject):
 
     @property
     def worker_pid(self) -> int | None:
-        if self._process is None or self._process.state() == QProcess.ProcessState.NotRunning:
-            return None
-        return int(self._process.processId()) or None
+        return None if self._process is None else self._process.pid
 
     def stderr_tail(self) -> list[str]:
         """The worker's last stderr lines (for the crash banner)."""
-        return list(self._stderr_tail)
+        return self._worker_log.tail()
 
     def active_request_ids(self) -> list[str]:
         return list(self._generations)
@@ -272,24 +222,18 @@ class EngineClient(QObject):
     def generate(
         self,
         conversation_id: str,
-        messages: Iterable[Any],
+        messages: Sequence[ChatMessage],
         system_prompt: str = "",
-        settings: Any = None,
+        settings: GenerationSettings | None = None,
         thinking: bool = False,
     ) -> str:
         """Queues a reply; returns its request id. Results arrive through the signals."""
-        if settings is None:
-            generation_settings = GenerationSettings()
-        elif isinstance(settings, GenerationSettings):
-            generation_settings = settings
-        else:
-            generation_settings = settings.generation_settings()
         request = protocol.Generate(
             request_id=f"gen-{uuid.uuid4().hex[:12]}",
-            messages=_chat_messages(messages),
+            messages=list(messages),
             conversation_id=conversation_id,
             system_prompt=system_prompt,
-            settings=generation_settings,
+            settings=settings or GenerationSettings(),
             thinking=thinking,
         )
         self._generations[request.request_id] = _Generation(request)
@@ -314,15 +258,13 @@ class EngineClient(QObject):
             return
         if not generation.sent:
             del self._generations[request_id]
-            self._pending_drafts.pop(request_id, None)
+            self._drafts.drop(request_id)
             done = Done(request_id=request_id, finish_reason="cancelled", text="", token_ids=[], stats=_empty_stats())
             self._update_state()
             QTimer.singleShot(0, self, lambda: self.generation_finished.emit(done))
             return
         self._send(protocol.Cancel(request_id=f"cancel-{uuid.uuid4().hex[:8]}", target_request_id=request_id))
-        if request_id not in self._cancel_deadlines:
-            self._cancel_deadlines[request_id] = time.monotonic() + self._cancel_timeout_s
-            self._arm_cancel_timer()
+        self._cancels.watch(request_id)
 
     # ------------------------------------------------------------------ the local API server
 
@@ -362,7 +304,7 @@ class EngineClient(QObject):
         self._restart_attempts = 0
         if self._process is not None:
             self._stop_process(wait_ms=0)
-            self._restart_pending = True  # relaunched from _on_process_finished
+            self._restart_pending = True  # relaunched from _on_process_exited
             self._update_state()
         else:
             self._launch(restarting=True)
@@ -371,8 +313,7 @@ class EngineClient(QObject):
         """App close: Shutdown, close stdin, wait briefly, then terminate/kill. Leaves no process."""
         self._restart_timer.stop()
         self._restart_pending = False
-        self._draft_timer.stop()
-        self._pending_drafts.clear()
+        self._drafts.clear()
         if self._process is not None:
             self._stop_process(wait_ms=timeout_ms)
         self._crashed = False
@@ -381,19 +322,13 @@ class EngineClient(QObject):
     # ------------------------------------------------------------------ process lifecycle
 
     def _launch(self, restarting: bool = False) -> None:
-        process = QProcess(self)
-        process.setProgram(self._command[0])
-        process.setArguments(self._command[1:])
-        process.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
-        process.readyReadStandardOutput.connect(self._on_process_stdout)
-        process.readyReadStandardError.connect(self._on_process_stderr)
+        process = LineProcess(self._command, parent=self)
+        process.line_received.connect(self._handle_line)
+        process.stderr_line_received.connect(self._worker_log.add)
         process.started.connect(self._on_process_started)
-        process.finished.connect(self._on_process_finished)
-        process.errorOccurred.connect(self._on_process_error)
+        process.failed_to_start.connect(self._on_process_failed_to_start)
+        process.exited.connect(self._on_process_exited)
         self._process = process
-        self._stdout_buffer = b""
-        self._stderr_buffer = b""
-        self._launching = True
         self._handshaken = False
         self._stopping = False
         self._crashed = False
@@ -412,50 +347,38 @@ class EngineClient(QObject):
         if process is None:
             return
         self._stopping = True
-        if process.state() != QProcess.ProcessState.Running or wait_ms <= 0:
+        if not process.is_running or wait_ms <= 0:
             process.kill()
             if wait_ms > 0:
-                process.waitForFinished(1000)
+                process.wait_for_exit(1000)
             return
         self._send(protocol.Shutdown(request_id=f"shutdown-{uuid.uuid4().hex[:8]}"))
-        process.closeWriteChannel()
+        process.close_input()
         # The one bounded blocking wait: the app is closing and must not leave an orphan.
-        if not process.waitForFinished(wait_ms):
+        if not process.wait_for_exit(wait_ms):
             log.warning("engine worker did not exit after Shutdown; terminating it")
             process.terminate()
-            if not process.waitForFinished(1000):
+            if not process.wait_for_exit(1000):
                 process.kill()
-                process.waitForFinished(1000)
+                process.wait_for_exit(1000)
 
     def _on_process_started(self) -> None:
-        self._hello_id = f"hello-{uuid.uuid4().hex[:8]}"
-        self._send(protocol.Hello(request_id=self._hello_id, protocol_version=PROTOCOL_VERSION, client="canvas-chat"))
+        hello_id = f"hello-{uuid.uuid4().hex[:8]}"
+        self._send(protocol.Hello(request_id=hello_id, protocol_version=PROTOCOL_VERSION, client="canvas-chat"))
 
-    def _on_process_error(self, error: QProcess.ProcessError) -> None:
-        if error != QProcess.ProcessError.FailedToStart or self._process is None:
-            return  # a crash also emits finished(), handled there
-        message = f"could not start the engine worker: {self._process.errorString()}"
+    def _on_process_failed_to_start(self, reason: str) -> None:
+        message = f"could not start the engine worker: {reason}"
         log.error(message)
-        self._stderr_tail.append(message)
-        self._handle_exit(exit_code=-1, normal_exit=False)
+        self._worker_log.note(message)
 
-    def _on_process_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
-        self._on_process_stdout()
-        self._on_process_stderr()
-        if self._stderr_buffer:
-            self._handle_stderr_line(self._stderr_buffer.decode("utf-8", "replace"))
-            self._stderr_buffer = b""
-        normal = exit_status == QProcess.ExitStatus.NormalExit
-        self.last_exit_description = exit_description(exit_code, normal)
-        self._handle_exit(exit_code if normal else -1, normal)
-
-    def _handle_exit(self, exit_code: int, normal_exit: bool) -> None:
+    def _on_process_exited(self, exit_code: int, normal_exit: bool) -> None:
         process = self._process
+        if process is None:
+            return
         self._process = None
-        if process is not None:
-            process.deleteLater()
+        self.last_exit_description = process.exit_description
+        process.deleteLater()
         self._handshake_timer.stop()
-        self._launching = False
         self._handshaken = False
         self._model_info = None
         self._load_request_id = None
@@ -464,10 +387,8 @@ class EngineClient(QObject):
         self._stopping = False
         interrupted = list(self._generations)
         self._generations.clear()
-        self._cancel_deadlines.clear()
-        self._cancel_timer.stop()
-        self._pending_drafts.clear()
-        self._draft_timer.stop()
+        self._cancels.clear()
+        self._drafts.clear()
 
         if expected:
             log.info("engine worker exited (code %s)", exit_code)
@@ -503,52 +424,34 @@ class EngineClient(QObject):
         if self._process is None and self._restart_pending:
             self._launch(restarting=True)
 
-    def _arm_cancel_timer(self) -> None:
-        if not self._cancel_deadlines:
-            self._cancel_timer.stop()
+    def _on_cancels_overdue(self, request_id: str) -> None:
+        if self._process is None:
             return
-        remaining_s = min(self._cancel_deadlines.values()) - time.monotonic()
-        self._cancel_timer.start(max(1, int(remaining_s * 1000)))
-
-    def _on_cancel_timer_timeout(self) -> None:
-        now = time.monotonic()
-        overdue = [request_id for request_id, deadline in self._cancel_deadlines.items() if deadline <= now]
-        if overdue and self._process is not None:
-            log.warning(
-                "engine worker did not stop request %s within %.0f s of the cancel; killing it",
-                overdue[0],
-                self._cancel_timeout_s,
-            )
-            self._stderr_tail.append(f"(the engine did not respond to Stop within {self._cancel_timeout_s:.0f} s)")
-            self._cancel_deadlines.clear()
-            self._process.kill()  # handled as a crash: the reply is interrupted, the worker restarts
-            return
-        self._arm_cancel_timer()
+        timeout_s = self._cancels.timeout_s
+        log.warning("engine worker did not stop request %s within %.0f s of the cancel; killing it", request_id, timeout_s)
+        self._worker_log.note(f"(the engine did not respond to Stop within {timeout_s:.0f} s)")
+        self._cancels.clear()
+        self._process.kill()  # handled as a crash: the reply is interrupted, the worker restarts
 
     def _on_handshake_timer_timeout(self) -> None:
         if self._process is not None and not self._handshaken:
             log.error("engine worker did not answer the handshake; killing it")
-            self._stderr_tail.append("(no answer to the handshake)")
+            self._worker_log.note("(no answer to the handshake)")
             self._process.kill()  # handled as a crash in _on_process_finished
 
     # ------------------------------------------------------------------ state
 
     def _update_state(self) -> None:
-        if self._process is None:
-            if self._crashed:
-                state = EngineState.RESTARTING if self._restart_pending else EngineState.CRASHED
-            else:
-                state = EngineState.RESTARTING if self._restart_pending else EngineState.STOPPED
-        elif self._stopping:
-            state = EngineState.RESTARTING if self._restart_pending else self._state
-        elif not self._handshaken:
-            state = EngineState.RESTARTING if self._restart_pending else EngineState.STARTING
-        elif self._load_request_id is not None:
-            state = EngineState.LOADING
-        elif self._generations:
-            state = EngineState.GENERATING
-        else:
-            state = EngineState.READY
+        state = next_state(
+            self._state,
+            running=self._process is not None,
+            crashed=self._crashed,
+            stopping=self._stopping,
+            restart_pending=self._restart_pending,
+            handshaken=self._handshaken,
+            loading=self._load_request_id is not None,
+            generating=bool(self._generations),
+        )
         if state != self._state:
             self._state = state
             log.debug("engine state: %s", state.value)
@@ -556,12 +459,8 @@ class EngineClient(QObject):
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, message: Any) -> bool:
-        process = self._process
-        if process is None or process.state() != QProcess.ProcessState.Running:
-            return False
-        process.write((protocol.encode(message) + "\n").encode("utf-8"))
-        return True
+    def _send(self, message: protocol.Request) -> bool:
+        return self._process is not None and self._process.write_line(protocol.encode(message))
 
     def _send_load(self) -> str:
         request = self._model_request
@@ -587,17 +486,6 @@ class EngineClient(QObject):
                 generation.sent = self._send(generation.request)
 
     # ------------------------------------------------------------------ receiving
-
-    def _on_process_stdout(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        self._stdout_buffer += bytes(process.readAllStandardOutput())
-        *lines, self._stdout_buffer = self._stdout_buffer.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if line:
-                self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         try:
@@ -629,7 +517,6 @@ class EngineClient(QObject):
                 self._process.kill()
             return
         self._ready = event
-        self._launching = False
         self._handshaken = True
         self._restart_pending = False
         log.info("engine worker ready (engine %s, pid %d)", event.engine_version, event.pid)
@@ -654,43 +541,28 @@ class EngineClient(QObject):
         self._update_state()
         self.model_loaded.emit(event)
 
-    def _on_event_unloaded(self, event: Any) -> None:
+    def _on_event_unloaded(self, event: Unloaded) -> None:
         self._model_info = None
 
     def _on_event_draft(self, event: Draft) -> None:
         if event.request_id not in self._generations:
             return
         self.draft_arrived.emit(event)
-        self._pending_drafts[event.request_id] = event
-        if self._draft_timer.isActive():
-            return
-        elapsed_ms = (time.monotonic() - self._last_draft_emit) * 1000
-        if elapsed_ms >= self._draft_interval_ms:
-            self._emit_pending_drafts()
-        else:
-            self._draft_timer.start(max(1, int(self._draft_interval_ms - elapsed_ms)))
+        self._drafts.offer(event)
 
-    def _on_draft_timer_timeout(self) -> None:
-        self._emit_pending_drafts()
-
-    def _emit_pending_drafts(self) -> None:
-        drafts = list(self._pending_drafts.values())
-        self._pending_drafts.clear()
-        if drafts:
-            self._last_draft_emit = time.monotonic()
-        for draft in drafts:
-            if draft.request_id in self._generations:
-                self.draft_received.emit(draft)
+    def _on_drafts_released(self, draft: Draft) -> None:
+        if draft.request_id in self._generations:
+            self.draft_received.emit(draft)
 
     def _on_event_canvas_committed(self, event: CanvasCommitted) -> None:
         # The committed canvas supersedes any draft of it still waiting for the throttle.
-        self._pending_drafts.pop(event.request_id, None)
+        self._drafts.drop(event.request_id)
         if event.request_id in self._generations:
             self.canvas_committed.emit(event)
 
     def _on_event_done(self, event: Done) -> None:
-        self._pending_drafts.pop(event.request_id, None)
-        self._cancel_deadlines.pop(event.request_id, None)
+        self._drafts.drop(event.request_id)
+        self._cancels.forget(event.request_id)
         if self._generations.pop(event.request_id, None) is None:
             return
         self._update_state()
@@ -716,34 +588,9 @@ class EngineClient(QObject):
         self.error_received.emit(event)
 
     def _fail_generation(self, error: Error) -> None:
-        self._pending_drafts.pop(error.request_id, None)
-        self._cancel_deadlines.pop(error.request_id, None)
+        self._drafts.drop(error.request_id)
+        self._cancels.forget(error.request_id)
         if self._generations.pop(error.request_id, None) is None:
             return
         self._update_state()
         self.generation_failed.emit(error)
-
-    # ------------------------------------------------------------------ stderr
-
-    def _on_process_stderr(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        self._stderr_buffer += bytes(process.readAllStandardError())
-        *lines, self._stderr_buffer = self._stderr_buffer.split(b"\n")
-        for line in lines:
-            self._handle_stderr_line(line.decode("utf-8", "replace"))
-
-    def _handle_stderr_line(self, line: str) -> None:
-        # A progress bar redraws itself with carriage returns: keep its latest state only.
-        line = next((part for part in reversed(line.split("\r")) if part.strip()), "")
-        if not line:
-            return
-        self._stderr_tail.append(line)
-        match = _STDERR_LINE.match(line)
-        if match:
-            self._stderr_level = logging.getLevelName(match.group(1))
-            worker_log.log(self._stderr_level, "[%s] %s", match.group(2), match.group(3), extra={"worker_line": True})
-        else:
-            # Continuation lines (tracebacks) keep the level of the record they belong to.
-            worker_log.log(self._stderr_level, "%s", line, extra={"worker_line": True})

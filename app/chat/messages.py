@@ -1,7 +1,7 @@
 """Plain-Python chat models (no Qt): messages, conversations, and observable lists of them.
 
 `Transcript` (one conversation's messages) and `ConversationList` (the sidebar) tell observers
-about every insert, change and removal; the Qt adapters in `app.qt_models` only translate those
+about every insert, change and removal; the Qt adapters in `app.chat.qt_models` only translate those
 callbacks into model signals. Change messages through the list's methods, never in place.
 """
 

@@ -1,16 +1,13 @@
-"""The thinking toggle of a conversation, and its thought channel shown collapsed above the answer.
+"""A reply's thought channel, shown collapsed above the answer.
 
 Only text is built here (markdown with a `thought:` link that expands or collapses it); the
-transcript view draws it like any reply and calls back when the link is clicked.
+transcript view draws it like any reply and calls back when the link is clicked. The toggle that
+asks for thinking is the window's (`app.window.thinking_toggle`).
 """
 
 from __future__ import annotations
 
-import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
-
 from typing import Any
-
-from PySide6.QtWidgets import QCheckBox
 
 THOUGHT_SCHEME = "thought"
 THOUGHT_LINK = THOUGHT_SCHEME + ":toggle"
@@ -33,21 +30,3 @@ def with_thought(answer: str, reasoning: str, expanded: bool) -> str:
         return f"[\u25b8 Thought ({words} words)]({THOUGHT_LINK})\n\n{answer}"
     quoted = "\n".join("> " + line if line.strip() else ">" for line in reasoning.strip().splitlines())
     return f"[\u25be Thought]({THOUGHT_LINK})\n\n{quoted}\n\n{answer}"
-
-
-def attach_thinking_toggle(window) -> QCheckBox:
-    """A "Think first" box in the composer, following the open conversation."""
-    controller = window.controller
-    toggle = QCheckBox("Think first", window.composer)
-    toggle.setObjectName("thinkingToggle")
-    toggle.setToolTip("The model reasons in its thought channel before answering (this chat only)")
-    toggle.toggled.connect(controller.set_thinking)
-
-    def follow(_conversation_id: str) -> None:
-        toggle.blockSignals(True)
-        toggle.setChecked(controller.thinking)
-        toggle.blockSignals(False)
-
-    controller.conversation_opened.connect(follow)
-    window.composer.add_option(toggle)
-    return toggle

@@ -1,9 +1,8 @@
-"""Checks a local model folder before the app offers it to the engine ("Use a local folder").
+"""Checks a model folder: the GUI before it offers one ("Use a local folder"), the worker before it loads one.
 
-Plain Python, no torch: reads config.json, the shard index, each safetensors header and the
-tokenizer files, and names the first problem in words the user can act on. The error codes are
-the protocol's (`model_not_found`, `model_broken`, `wrong_model_type`, `tokenizer_missing`), so
-the GUI treats a bad folder the same whether it finds out here or from the worker.
+Standard library only: reads config.json, the shard index, each safetensors header and the
+tokenizer files, and names the first problem in words the user can act on, with the protocol's
+error codes (`model_not_found`, `model_broken`, `wrong_model_type`, `tokenizer_missing`).
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.hub import INDEX_NAME
+
 SUPPORTED_MODEL_TYPE = "diffusion_gemma"
-INDEX_NAME = "model.safetensors.index.json"
 SINGLE_WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # A safetensors header is JSON of a few hundred KB at most; anything huge is a damaged file.
@@ -31,6 +31,7 @@ class FolderCheck:
     weight_files: list[str] = field(default_factory=list)
     weight_bytes: int = 0
     tensors: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the parsed config.json when ok
 
 
 class _Problem(Exception):
@@ -75,7 +76,9 @@ def _check(folder: Path) -> FolderCheck:
         f"DiffusionGemma model with {len(shards)} weight file{'s' if len(shards) != 1 else ''} "
         f"({_format_size(total)}, {tensors:,} tensors) and a tokenizer with a chat template."
     )
-    return FolderCheck(folder, True, "ok", message, weight_files=shards, weight_bytes=total, tensors=tensors)
+    return FolderCheck(
+        folder, True, "ok", message, weight_files=shards, weight_bytes=total, tensors=tensors, config=config
+    )
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Thin Qt item-model adapters over the plain-Python lists in `app.chat`.
+"""Thin Qt item-model adapters over the plain-Python lists in `app.chat.messages`.
 
 They hold no data of their own: every row is the list's item, every change comes from the
 list's callbacks (napari's `_base_item_model` pattern). Call `detach()` before dropping one.
@@ -13,7 +13,7 @@ from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject,
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 
-from app.chat import Conversation, ConversationList, Message, ObservableList, Transcript
+from app.chat.messages import Conversation, ConversationList, Message, ObservableList, Transcript
 
 T = TypeVar("T")
 _ROOT = QModelIndex()
@@ -23,13 +23,13 @@ _ROOT = QModelIndex()
 class MessageRole(enum.IntEnum):
     """Custom data roles of `TranscriptListModel` (DisplayRole is the content)."""
 
-    MESSAGE = Qt.ItemDataRole.UserRole + 1  # the app.chat.Message itself
+    MESSAGE = Qt.ItemDataRole.UserRole + 1  # the app.chat.messages.Message itself
     ID = Qt.ItemDataRole.UserRole + 2
     ROLE = Qt.ItemDataRole.UserRole + 3  # "user" | "assistant" | "system"
     CONTENT = Qt.ItemDataRole.UserRole + 4
     STATUS = Qt.ItemDataRole.UserRole + 5
     STATS = Qt.ItemDataRole.UserRole + 6
-    DRAFT = Qt.ItemDataRole.UserRole + 7  # app.chat.DraftState or None
+    DRAFT = Qt.ItemDataRole.UserRole + 7  # app.chat.messages.DraftState or None
     ERROR = Qt.ItemDataRole.UserRole + 8
     HAS_REPLAY = Qt.ItemDataRole.UserRole + 9
 
@@ -120,6 +120,7 @@ _MESSAGE_FIELD_ROLES: dict[str, list[int]] = {
     "draft": [MessageRole.DRAFT],
     "error": [MessageRole.ERROR],
     "replay": [MessageRole.HAS_REPLAY],
+    "updated": [],  # the time of the last stored change: no role shows it
 }
 
 

@@ -1,4 +1,4 @@
-"""The main window: sidebar, transcript, composer, engine state, crash banner, menus and shortcuts.
+"""The main window: sidebar, transcript, composer, engine status and banner, menus and shortcuts.
 
 It wires the widgets to `ConversationController` and `EngineClient`; it owns no chat data.
 """
@@ -11,63 +11,30 @@ import html
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (
-    QApplication,
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QMainWindow,
-    QPlainTextEdit,
-    QProgressBar,
-    QPushButton,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
-from app.composer import Composer
-from app.conversation_controller import ConversationController
-from app.engine_client import EngineClient, EngineState
-from app.qt_models import ConversationListModel, TranscriptListModel
+from app.setup.model_choice import ModelChoice, choose_model
+from app.window.composer import Composer
+from app.chat.controller import ConversationController
+from app.window.engine_status import EngineBanner, EngineStatus
+from app.worker.engine_client import EngineClient, EngineState
+from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
-from app.settings_dialog import SettingsDialog
-from app.local_server import LocalServerDialog, attach_local_server
-from app.thought_channel import attach_thinking_toggle
-from app.sidebar import Sidebar
-from app.store import ChatStore
-from app.theme import ThemeColors, apply_theme, resolve_theme
-from app.transcript_view import TranscriptView
+from app.window.local_server import LocalServerDialog, attach_local_server
+from app.window.settings_dialog import SettingsDialog
+from app.window.sidebar import Sidebar
+from app.window.thinking_toggle import attach_thinking_toggle
+from app.chat.store import ChatStore
+from app.theme import apply_theme, resolve_theme
+from app.transcript.view import TranscriptView
+from engine.protocol import MODEL_LOAD_ERROR_CODES, MODEL_SETUP_ERROR_CODES, Error, LoadProgress, ModelLoaded
 
 log = logging.getLogger("canvas_chat.window")
 
-CRASH_LOG_LINES = 12
-
-STATE_TEXT = {
-    EngineState.STOPPED: "Engine stopped",
-    EngineState.STARTING: "Starting the engine\u2026",
-    EngineState.LOADING: "Loading the model\u2026",
-    EngineState.READY: "Ready",
-    EngineState.GENERATING: "Generating\u2026",
-    EngineState.CRASHED: "Engine crashed",
-    EngineState.RESTARTING: "Restarting the engine\u2026",
-}
-STATE_DOT = {
-    EngineState.STOPPED: "#8a8f98",
-    EngineState.STARTING: "#d29b22",
-    EngineState.LOADING: "#d29b22",
-    EngineState.READY: "#2fa55a",
-    EngineState.GENERATING: "#2f6fde",
-    EngineState.CRASHED: "#d0363d",
-    EngineState.RESTARTING: "#d29b22",
-}
-NO_MODEL_TEXT = "No model loaded"
 # Clickable on the empty chat while the demo model is loaded: one question per skill it knows.
 DEMO_EXAMPLE_PROMPTS = (
     "What is the capital of Peru?",
@@ -77,178 +44,6 @@ DEMO_EXAMPLE_PROMPTS = (
     "What is 3 + 4?",
     "What can you do?",
 )
-
-
-def demo_model_path() -> Path | None:
-    """The built-in demo model folder, if this install has one."""
-    try:
-        import importlib.resources
-
-        folder = importlib.resources.files("resources") / "demo-model"
-    except (ModuleNotFoundError, TypeError):
-        return None
-    path = Path(str(folder))
-    return path if (path / "config.json").is_file() else None
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which model the app starts with when the user has not picked one, and why."""
-
-    model: str | None
-    reason: str
-    is_demo: bool
-
-
-def choose_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> ModelChoice:
-    """The settings' model; else the real model where this PC can run it and it is downloaded;
-    else the built-in demo model on the CPU, with the reason in plain words."""
-    if settings.model:
-        return ModelChoice(settings.model, "chosen in Model setup", False)
-    from app import hardware_fallback
-
-    report = (probe or hardware_fallback.probe)()
-    real = hardware_fallback.recommended_model(report)
-    if real is not None:
-        return ModelChoice(real, "your GPU can run it and it is downloaded", False)
-    verdict = report.get("verdict") or {}
-    if verdict.get("code") in ("ok", "ok_shorter_context"):
-        reason = (
-            f"{hardware_fallback.REAL_MODEL_NAME} is not downloaded yet: "
-            "open Model \u25b8 Model setup\u2026 to get it."
-        )
-    else:
-        reason = verdict.get("summary") or "no usable NVIDIA GPU was found."
-    demo = demo_model_path()
-    return ModelChoice(str(demo) if demo is not None else None, reason, True)
-
-
-def default_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None = None) -> str | None:
-    """The model to start with: see choose_model."""
-    return choose_model(settings, probe).model
-
-
-class EngineStatus(QWidget):
-    """Always-visible engine state: a coloured dot, words, a progress bar while loading, the model."""
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName("engineStatus")
-        self.dot = QLabel("\u25cf", self)
-        self.dot.setObjectName("engineStateDot")
-        self.label = QLabel(STATE_TEXT[EngineState.STOPPED], self)
-        self.label.setObjectName("engineStateLabel")
-        self.progress = QProgressBar(self)
-        self.progress.setObjectName("loadProgress")
-        self.progress.setRange(0, 100)
-        self.progress.setFixedWidth(160)
-        self.progress.setTextVisible(False)
-        self.progress.hide()
-        self.model_label = QLabel("", self)
-        self.model_label.setObjectName("modelLabel")
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(6, 0, 6, 0)
-        layout.setSpacing(6)
-        layout.addWidget(self.dot)
-        layout.addWidget(self.label)
-        layout.addWidget(self.progress)
-        layout.addSpacing(12)
-        layout.addWidget(self.model_label)
-        layout.addStretch(1)
-        self.state = EngineState.STOPPED
-
-    def show_state(self, state: EngineState, detail: str = "") -> None:
-        self.state = state
-        self.dot.setStyleSheet(f"color: {STATE_DOT[state]};")
-        self.label.setText(STATE_TEXT[state] + (f"  {detail}" if detail else ""))
-        self.progress.setVisible(state == EngineState.LOADING)
-        if state != EngineState.LOADING:
-            self.progress.setValue(0)
-
-    def show_no_model(self) -> None:
-        """The worker is up but holds no model (its last load failed)."""
-        self.dot.setStyleSheet(f"color: {STATE_DOT[EngineState.STOPPED]};")
-        self.label.setText(NO_MODEL_TEXT)
-        self.model_label.setText("")
-
-    def show_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(max(0.0, min(1.0, fraction)) * 100))
-        self.label.setText(STATE_TEXT[EngineState.LOADING] + (f"  {message}" if message else ""))
-
-
-class EngineBanner(QFrame):
-    """The worker crashed (its last log lines and Restart) or a model could not be loaded."""
-
-    sig_restart_requested = Signal()
-    sig_model_setup_requested = Signal()
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName("crashBanner")
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.title = QLabel(self)
-        self.title.setObjectName("crashBannerTitle")
-        self.title.setWordWrap(True)
-        font = self.title.font()
-        font.setBold(True)
-        self.title.setFont(font)
-        self.detail = QLabel(self)
-        self.detail.setWordWrap(True)
-        self.log_view = QPlainTextEdit(self)
-        self.log_view.setObjectName("crashLog")
-        self.log_view.setReadOnly(True)
-        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.restart_button = QPushButton("Restart the engine", self)
-        self.restart_button.setObjectName("restartButton")
-        self.restart_button.clicked.connect(self.sig_restart_requested)
-        self.setup_button = QPushButton("Model setup\u2026", self)
-        self.setup_button.clicked.connect(self.sig_model_setup_requested)
-        self.dismiss_button = QPushButton("Dismiss", self)
-        self.dismiss_button.clicked.connect(self.hide)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.restart_button)
-        buttons.addWidget(self.setup_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.dismiss_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(12, 8, 12, 8)
-        layout.addWidget(self.title)
-        layout.addWidget(self.detail)
-        layout.addWidget(self.log_view)
-        layout.addLayout(buttons)
-        self.kind = ""
-        self.hide()
-
-    def set_colors(self, colors: ThemeColors) -> None:
-        self.setStyleSheet(
-            f"#crashBanner {{ background: {colors.banner_background}; border: 1px solid {colors.mark_error}; "
-            f"border-radius: 6px; }} #crashBanner QLabel {{ color: {colors.banner_text}; }}"
-        )
-
-    def show_crash(self, exit_code: int, log_lines: list[str], restarting: bool, how: str = "") -> None:
-        self.kind = "crash"
-        how = how or (f"exited with status {exit_code}" if exit_code >= 0 else "killed")
-        self.title.setText(f"The engine stopped unexpectedly ({how}).")
-        self.detail.setText(
-            "The reply in progress was kept and marked interrupted. "
-            + ("Restarting automatically\u2026" if restarting else "Press Restart to try again.")
-        )
-        lines = [line for line in log_lines if line.strip()][-CRASH_LOG_LINES:]
-        self.log_view.setPlainText("\n".join(lines) or "(the worker wrote no log lines)")
-        spacing = self.log_view.fontMetrics().lineSpacing()
-        self.log_view.setFixedHeight(min(CRASH_LOG_LINES, max(2, len(lines))) * spacing + 12)
-        self.log_view.show()
-        self.setup_button.hide()
-        self.show()
-
-    def show_error(self, title: str, detail: str, offer_setup: bool) -> None:
-        self.kind = "error"
-        self.title.setText(title)
-        self.detail.setText(detail)
-        self.log_view.hide()
-        self.setup_button.setVisible(offer_setup)
-        self.show()
 
 
 class MainWindow(QMainWindow):
@@ -354,7 +149,7 @@ class MainWindow(QMainWindow):
         self.delete_action = self._action("&Delete chat", self._on_delete_action_triggered, None, "deleteAction")
         self.restart_action = self._action("&Restart the engine", self.client.restart, None, "restartAction")
         self.model_setup_action = self._action("&Model setup\u2026", self.open_model_setup, None, "modelSetupAction")
-        self.model_setup_action.setEnabled(importlib.util.find_spec("app.model_setup") is not None)
+        self.model_setup_action.setEnabled(importlib.util.find_spec("app.setup.dialog") is not None)
         self.local_server_action = self._action("&Local server\u2026", self.open_local_server, None, "localServerAction")
 
     def _build_menus(self) -> None:
@@ -447,10 +242,10 @@ class MainWindow(QMainWindow):
             self.banner.kind = ""
         self.restart_action.setEnabled(not self._closing)
 
-    def _on_client_load_progressed(self, progress: Any) -> None:
+    def _on_client_load_progressed(self, progress: LoadProgress) -> None:
         self.engine_status.show_progress(progress.fraction, progress.message)
 
-    def _on_client_model_loaded(self, info: Any) -> None:
+    def _on_client_model_loaded(self, info: ModelLoaded) -> None:
         if self.banner.kind == "error":
             self.banner.hide()
             self.banner.kind = ""
@@ -465,14 +260,13 @@ class MainWindow(QMainWindow):
             exit_code, list(log_lines), self.client.state == EngineState.RESTARTING, self.client.last_exit_description
         )
 
-    def _on_client_error_received(self, error: Any) -> None:
+    def _on_client_error_received(self, error: Error) -> None:
         if self._closing:
             return
-        setup_codes = {"model_not_found", "model_not_downloaded", "model_broken", "tokenizer_missing", "wrong_model_type"}
         self.banner.show_error(
-            "The model could not be loaded." if error.code in setup_codes | {"load_failed", "out_of_memory"} else "The engine reported an error.",
+            "The model could not be loaded." if error.code in MODEL_LOAD_ERROR_CODES else "The engine reported an error.",
             error.message,
-            offer_setup=error.code in setup_codes and self.model_setup_action.isEnabled(),
+            offer_setup=error.code in MODEL_SETUP_ERROR_CODES and self.model_setup_action.isEnabled(),
         )
 
     def _on_banner_restart_requested(self) -> None:
@@ -721,7 +515,7 @@ class MainWindow(QMainWindow):
 
     def open_model_setup(self) -> None:
         try:
-            module = importlib.import_module("app.model_setup")
+            module = importlib.import_module("app.setup.dialog")
         except Exception as exc:  # a broken optional module must not take the window down
             log.error("Model setup is not available: %s", exc)
             self.model_setup_action.setEnabled(False)
@@ -732,7 +526,7 @@ class MainWindow(QMainWindow):
             return
         dialog_class = getattr(module, "ModelSetupDialog", None)
         if dialog_class is None:
-            log.error("app.model_setup has neither open_model_setup nor ModelSetupDialog")
+            log.error("app.setup.dialog has neither open_model_setup nor ModelSetupDialog")
             self.model_setup_action.setEnabled(False)
             return
         self._model_setup_window = dialog_class(parent=self)

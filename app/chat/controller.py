@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from app.chat import (
+from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
     ConversationList,
@@ -55,10 +55,10 @@ from app.chat import (
     Message,
     Transcript,
 )
-from app.engine_client import EngineClient
-from app.replay import ReplayPlayer, ReplayRecorder
+from app.worker.engine_client import EngineClient
+from app.chat.replay import ReplayPlayer, ReplayRecorder
 from app.settings import Settings
-from app.store import ChatStore, SearchHit, StoreWriteError
+from app.chat.store import ChatStore, SearchHit, StoreWriteError
 from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
 
 log = logging.getLogger("canvas_chat.controller")
@@ -389,8 +389,13 @@ class ConversationController(QObject):
         self._update(message, status=status)
 
     def _update(self, message: Message, persist: bool = True, **values: Any) -> None:
-        """Changes a message in memory (and in the transcript if shown), then in the store."""
-        values["updated"] = time.time()
+        """Changes a message in memory (and in the transcript if shown), then in the store.
+
+        A change that is not persisted (a draft) leaves `updated` alone, so the transcript model
+        reports it as a change of that one role (MessageRole.DRAFT) and the view only repaints.
+        """
+        if persist:
+            values["updated"] = time.time()
         if self.transcript.get(message.id) is message:
             self.transcript.update(message.id, **values)
         else:

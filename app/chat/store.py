@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from app import paths
-from app.chat import DEFAULT_TITLE, Conversation, Message
+from engine import paths
+from app.chat.messages import DEFAULT_TITLE, Conversation, Message
 
 log = logging.getLogger("canvas_chat.store")
 

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from app.chat import DraftState
+from app.chat.messages import DraftState
 
 FORMAT_VERSION = 1
 FRAME_INTERVAL_S = 1 / 30  # at speed 1.0 one draft step is shown for 1/30 s

@@ -1,0 +1,2 @@
+"""The transcript widget: the list view, the delegate that paints each message, the canvas animation
+and markdown rendering."""

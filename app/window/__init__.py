@@ -1,0 +1,1 @@
+"""The main window and its parts: composer, sidebar, settings dialog, engine status and crash banner."""
