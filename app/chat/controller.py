@@ -342,12 +342,21 @@ class ConversationController(QObject):
         self._finish_reply(status, content, stats=stats)
 
     def _with_visible_draft(self, content: str) -> str:
-        """The committed text plus what the user saw settle in the open canvas: a reply stopped
-        (or cut off) mid-canvas keeps it rather than throwing it away."""
+        """The committed text plus the settled start of the open canvas: a reply stopped (or cut
+        off) mid-canvas keeps what the user could already read rather than throwing it away.
+
+        Only the run of settled positions from the canvas's start is kept: a settled token after
+        an unsettled one is not final (the next step may re-noise it), and joining across the gap
+        would glue words together."""
         draft = self._active.message.draft if self._active is not None else None
         if draft is None:
             return content
-        settled = "".join(piece for piece, flag in zip(draft.pieces, draft.settled) if flag)
+        settled_start = []
+        for piece, is_settled in zip(draft.pieces, draft.settled):
+            if not is_settled:
+                break
+            settled_start.append(piece)
+        settled = "".join(settled_start)
         return content + settled if settled.strip() else content
 
     def _on_client_generation_failed(self, error: Error) -> None:

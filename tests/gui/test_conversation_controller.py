@@ -112,6 +112,8 @@ def test_stop_keeps_the_committed_part_as_stopped(chat_store, make_engine_client
         # The committed canvas, plus what had settled of the open one when Stop came (i15 keeps it).
         committed = first_commit.args[0].reply_text.strip()
         assert committed and reply.content.startswith(committed) and reply.content != REPLY
+        # ... and only its settled start: the kept text is what the reply says, with no gap glued over.
+        assert REPLY.startswith(reply.content), (reply.content, REPLY)
         assert controller.store.get_message(message_id).content == reply.content
         assert controller.store.get_message(message_id).status == "stopped"
     finally:
