@@ -25,9 +25,8 @@ sys.path.insert(0, str(REPO))
 
 DEMO_MODEL = REPO / "resources" / "demo-model"
 ANIMATED_PROMPT = "Who are you?"  # a three-canvas reply
-# Two questions: until the worker's multi-turn cache fix (helper i18) lands, a third question in
-# one chat can come back garbled on the cached path.
-CHAT = ["What is the capital of Peru?", "Reverse the words: red green blue"]
+# Three skills in one chat: each follow-up is answered with the conversation's KV cache.
+CHAT = ["What is the capital of Peru?", "Reverse the words: red green blue", "What is 3 + 4?"]
 CRASH_PROMPT = "How many words are in: the cat sat"
 
 
