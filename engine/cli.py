@@ -18,15 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--system", default="", help="system prompt")
     parser.add_argument("--max-new-tokens", type=int)
+    add_denoising_and_device_options(parser, "generating")
+    return parser
+
+
+def add_denoising_and_device_options(parser: argparse.ArgumentParser, doing: str) -> None:
+    """The denoising settings, device, quantization and --json that generate and rewrite share."""
     parser.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
     parser.add_argument("--entropy-bound", type=float)
     parser.add_argument("--t-min", type=float)
     parser.add_argument("--t-max", type=float)
-    parser.add_argument("--seed", type=int, help="torch.manual_seed(SEED) right before generating")
+    parser.add_argument("--seed", type=int, help=f"torch.manual_seed(SEED) right before {doing}")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quantization", choices=["auto", "none", "bf16", "nf4", "nf4-double"], default="auto")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -116,14 +121,7 @@ def build_rewrite_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="", help="the user message the reply answers")
     parser.add_argument("--system", default="", help="system prompt")
     parser.add_argument("--instruction", default="", help="how to rewrite (a system note before the conversation)")
-    parser.add_argument("--steps", type=int, help="maximum denoising steps per canvas")
-    parser.add_argument("--entropy-bound", type=float)
-    parser.add_argument("--t-min", type=float)
-    parser.add_argument("--t-max", type=float)
-    parser.add_argument("--seed", type=int, help="torch.manual_seed(SEED) right before rewriting")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--quantization", choices=["auto", "none", "bf16", "nf4", "nf4-double"], default="auto")
-    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_denoising_and_device_options(parser, "rewriting")
     return parser
 
 
