@@ -482,6 +482,36 @@ def test_headless_command_serves_the_openai_client_and_stops_on_ctrl_c(tiny_mode
         process.stderr.close()
 
 
+def test_a_second_ctrl_c_during_shutdown_does_not_abort_it(tiny_model_dir):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "api", "--model", str(tiny_model_dir), "--port", "0", "--device", "cpu"],
+        cwd=REPO_ROOT,
+        env=python_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = process.stdout.readline()
+        assert ready.startswith("Canvas Chat API ready: "), ready
+        process.send_signal(signal.SIGINT)
+        seen = []
+        for line in process.stderr:  # the impatient user presses Ctrl+C again while it stops
+            seen.append(line)
+            if line.strip() == "stopping":
+                process.send_signal(signal.SIGINT)
+                break
+        assert process.wait(WAIT_S) == 0
+        rest = process.stderr.read()
+        assert "Traceback" not in "".join(seen) + rest, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
 def test_a_window_stop_cancels_only_its_own_request(harness, force, monkeypatch):
     force(LONG_REPLY)
     monkeypatch.setenv(test_switches.STEP_DELAY, "0.02")

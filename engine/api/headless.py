@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import queue
+import signal
 import sys
 
 from engine import protocol as p
@@ -82,6 +83,8 @@ def api_main(argv: list[str]) -> int:
                 continue
             engine.handle(job)
     except KeyboardInterrupt:
+        # A second Ctrl+C (or a terminal that signals twice) must not abort the shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping", file=sys.stderr, flush=True)
         cancels.everything.set()
         return 0
