@@ -147,8 +147,10 @@ def load_vision_tower(model: Any, folder: Path, progress) -> None:
     encoder = model.model.encoder
     device = next(model.parameters()).device
     dtype = encoder.get_input_embeddings().weight.dtype
-    progress("vision", "Loading the vision tower", 0.0)
     config = model.config
+    if device.type == "cuda":
+        check_vision_memory(config.to_dict(), torch.cuda.mem_get_info(device)[0])
+    progress("vision", "Loading the vision tower", 0.0)
     with torch.device(device):
         tower = AutoModel.from_config(config.vision_config, dtype=dtype)
         embedder = DiffusionGemmaMultimodalEmbedder(config.vision_config, config.text_config).to(dtype)
@@ -172,3 +174,19 @@ def load_vision_tower(model: Any, folder: Path, progress) -> None:
         reader.close()
     encoder.vision_tower = tower.eval()
     encoder.embed_vision = embedder.eval()
+
+
+def check_vision_memory(config: dict[str, Any], free_bytes: int) -> int:
+    """The bytes the vision tower and one image's encoding need (the planner's figures); raises
+    `out_of_memory` with both figures when the GPU has less free."""
+    from engine.planner import GIB, architecture_from_config, image_encoding_bytes, weights_bytes
+
+    arch = architecture_from_config(config)
+    needed = weights_bytes(arch, "bf16", vision=True)["vision"] + image_encoding_bytes(arch)
+    if needed > free_bytes:
+        raise EngineError(
+            "out_of_memory",
+            f"Reading images needs the vision tower: {needed / GIB:.1f} GiB more GPU memory, but only "
+            f"{free_bytes / GIB:.1f} GiB is free. Use a shorter context or close other GPU programs.",
+        )
+    return needed

@@ -99,3 +99,50 @@ def test_the_demo_model_refuses_images_with_a_reason(worker, tiny_vision_model_d
     *_, error = ask(worker, p.ImagePart(str(image), "image/png"), p.TextPart("Hi"))
     assert isinstance(error, p.Error) and error.code == "vision_unavailable" and error.recoverable, error
     assert "The demo model cannot read images" in error.message
+
+
+def test_the_planner_counts_the_vision_tower_and_an_images_encoding():
+    from engine import planner
+    from engine.errors import EngineError
+    from engine.images import check_vision_memory
+    from engine.real_config import load_config_dict
+
+    config = load_config_dict("google/diffusiongemma-26B-A4B-it")
+    arch = planner.architecture_from_config(config)
+    text_only = planner.plan(config, "nf4", 4096, 24 * planner.GIB)
+    with_images = planner.plan(config, "nf4", 4096, 24 * planner.GIB, vision=True)
+    vision_weights = with_images.weights_breakdown["vision"]
+    assert 1.0 < vision_weights / planner.GIB < 1.2  # 0.57 B parameters in bf16
+    assert with_images.total_bytes - text_only.total_bytes >= vision_weights
+    # One image at 280 soft tokens is 2,520 patches through 27 layers of 16 heads.
+    assert arch.image_patches == 2520
+    assert 0.3 < planner.image_encoding_bytes(arch) / planner.GIB < 1.0
+    # With a short canvas the image's encoding is the peak: the plan with images counts it.
+    assert planner.activation_bytes(arch, 16, 16, "nf4", vision=True) == planner.image_encoding_bytes(arch)
+    needed = check_vision_memory(config, 8 * planner.GIB)
+    assert needed == vision_weights + planner.image_encoding_bytes(arch)
+    with pytest.raises(EngineError, match="GiB is free") as refused:
+        check_vision_memory(config, needed - 1)
+    assert refused.value.code == "out_of_memory"
+
+
+def test_a_vision_tower_left_out_at_load_is_read_from_the_checkpoint_on_the_first_image(tiny_vision_model_dir):
+    import torch
+
+    from engine.images import has_vision_tower, load_vision_tower
+    from engine.loading import load_model
+
+    loaded = load_model(str(tiny_vision_model_dir), device="cpu")
+    encoder = loaded.model.model.encoder
+    original = {k: v.clone() for k, v in {**encoder.vision_tower.state_dict(), **{
+        f"embed.{k}": v for k, v in encoder.embed_vision.state_dict().items()}}.items()}
+    encoder.vision_tower = encoder.embed_vision = None  # as a 4-bit load without vision leaves it
+    assert not has_vision_tower(loaded.model)
+    progress = []
+    load_vision_tower(loaded.model, tiny_vision_model_dir, lambda *event: progress.append(event))
+    assert has_vision_tower(loaded.model)
+    reloaded = {**encoder.vision_tower.state_dict(), **{f"embed.{k}": v for k, v in encoder.embed_vision.state_dict().items()}}
+    assert reloaded.keys() == original.keys()
+    for name, value in original.items():
+        assert torch.equal(reloaded[name], value), name
+    assert progress[0][0] == "vision" and progress[-1][2] == 1.0
