@@ -112,6 +112,7 @@ class AttachmentStrip(QWidget):
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.setSpacing(6)
         self._layout.addWidget(self.problem_label, 1)
+        self._layout.addStretch(0)
         self._update_visibility()
 
     def sources(self) -> list[ImageSource]:
@@ -149,7 +150,7 @@ class AttachmentStrip(QWidget):
 
     def clear(self) -> None:
         for tile in self._tiles:
-            tile.deleteLater()
+            self._drop_tile(tile)
         self._tiles.clear()
         self._sources.clear()
         self.show_problem("")
@@ -164,9 +165,14 @@ class AttachmentStrip(QWidget):
         index = self._tiles.index(tile)
         self._tiles.pop(index)
         self._sources.pop(index)
-        tile.deleteLater()
+        self._drop_tile(tile)
         self._update_visibility()
         self.changed.emit()
+
+    def _drop_tile(self, tile: QToolButton) -> None:
+        tile.hide()
+        self._layout.removeWidget(tile)
+        tile.deleteLater()
 
     def _update_visibility(self) -> None:
         self.setVisible(bool(self._tiles) or bool(self.problem_label.text()))
