@@ -146,3 +146,14 @@ def test_a_vision_tower_left_out_at_load_is_read_from_the_checkpoint_on_the_firs
     for name, value in original.items():
         assert torch.equal(reloaded[name], value), name
     assert progress[0][0] == "vision" and progress[-1][2] == 1.0
+
+
+def test_a_version_3_gui_is_refused_by_this_worker_naming_both_versions():
+    assert p.PROTOCOL_VERSION == 4
+    with WorkerProcess() as process:
+        process.send(p.Hello("old", 3, "canvas-chat 3"))
+        error = process.next_event()
+        assert isinstance(error, p.Error) and error.code == "protocol_mismatch" and not error.recoverable
+        assert "protocol version 3" in error.message and "version 4" in error.message
+        assert process.process.wait(30) == 3
+        process.close()
