@@ -157,3 +157,23 @@ def test_a_version_3_gui_is_refused_by_this_worker_naming_both_versions():
         assert "protocol version 3" in error.message and "version 4" in error.message
         assert process.process.wait(30) == 3
         process.close()
+
+
+@pytest.mark.slow
+@pytest.mark.log_expected("Failed to load CPU gemm_4bit_forward")  # bitsandbytes on a CPU without `kernels`
+def test_a_4_bit_load_brings_the_vision_tower_in_with_progress_on_the_first_image(tiny_vision_model_dir, tmp_path):
+    image = write_test_image(tmp_path / "a.png", color=(220, 30, 30))
+    with WorkerProcess() as process:
+        process.hello()
+        (*_, loaded) = process.load(tiny_vision_model_dir, device="cpu", quantization="nf4")
+        assert isinstance(loaded, p.ModelLoaded) and loaded.quantization == "nf4" and loaded.accepts_images, loaded
+        first = ask(process, p.ImagePart(str(image), "image/png"), p.TextPart("What is this?"))
+        second = ask(process, p.ImagePart(str(image), "image/png"), p.TextPart("What is this?"))
+        assert process.close() == 0
+    assert isinstance(first[-1], p.Done) and isinstance(second[-1], p.Done), (first[-1], second[-1])
+    vision = [e for e in first if isinstance(e, p.LoadProgress)]
+    assert vision and all(e.stage == "vision" for e in vision) and vision[-1].fraction == 1.0
+    assert "vision tower" in vision[0].message.lower()
+    # Loaded once: the next image finds it in place, and the same image and seed give the same reply.
+    assert not any(isinstance(e, p.LoadProgress) for e in second)
+    assert first[-1].token_ids == second[-1].token_ids
