@@ -219,6 +219,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         row = self._view.animated_row(message.id)
         if row is not None:
             height += self.canvas_block_height(row, content_width)
+        if getattr(message, "attachments", ()) and not height:
+            return 0  # images only: the thumbnails are the body
         return int(max(height, QFontMetricsF(self._font).height()))
 
     def _footer_links(self, message: Any, bubble: QRect) -> dict[str, QRect]:
