@@ -156,3 +156,9 @@ def test_a_pasted_bitmap_and_a_dropped_file_become_attachments(open_window, qtbo
     ]
     assert window.composer.edit.toPlainText() == ""  # no file path pasted as text
     assert window.composer.send_button.isEnabled()
+    # Images alone are a message: the chat is named after the first one.
+    with qtbot.waitSignal(window.controller.reply_finished, timeout=timeout_ms(90)):
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    question = window.controller.transcript.last(role="user")
+    assert question.content == "" and [a.name for a in question.attachments] == ["pasted image", "drop.webp"]
+    assert window.controller.conversations.get(question.conversation_id).title == "pasted image"
