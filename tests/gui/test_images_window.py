@@ -118,7 +118,7 @@ def test_an_attached_image_reaches_the_model_and_survives_a_restart(open_window,
 
 
 def test_an_unreadable_or_oversized_image_is_refused_and_nothing_is_stored(open_window, qtbot, tmp_path):
-    window = open_window()
+    window = open_window(start=False)  # the checks are the composer's own
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not a picture at all")
     huge = tmp_path / "huge.jpg"
