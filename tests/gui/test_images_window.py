@@ -132,7 +132,6 @@ def test_an_unreadable_or_oversized_image_is_refused_and_nothing_is_stored(open_
     assert "broken.png" in problem and "huge.jpg" in problem and f"larger than {MAX_IMAGE_BYTES // 2**20} MB" in problem
     assert "anim.gif" in problem and "PNG, JPEG or WebP" in problem
     assert window.composer.attachments.sources() == []
-    assert not window.composer.send_button.isEnabled()  # nothing to send
     assert not window.store.images_root.exists() or not any(window.store.images_root.rglob("*"))
     with sqlite3.connect(window.store.path) as db:
         assert db.execute("SELECT COUNT(*) FROM attachments").fetchone()[0] == 0
