@@ -24,6 +24,7 @@ from app.window.engine_status import EngineBanner, EngineStatus
 from app.worker.engine_client import EngineClient, EngineState
 from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
+from app.window.chat_files import attach_chat_files
 from app.window.local_server import LocalServerDialog, attach_local_server
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
@@ -113,6 +114,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.chat_files = attach_chat_files(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
