@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,6 +20,7 @@ DISPLAY_SCALE = 1.25  # $$…$$ formulas are drawn a little larger than the text
 _X_HEIGHT = 0.5  # x-height of the transcript font, as a fraction of its size (Qt centres an
 # align="middle" image half an x-height above the baseline)
 MAX_FORMULA_CHARS = 2000
+_FRAC = re.compile(r"\\frac(?![A-Za-z])")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ def formula_image(tex: str, color: str, font_pt: float, display: bool = False, s
     from matplotlib.font_manager import FontProperties
     from PIL import Image
 
+    if display:
+        # mathtext has no display style: make a display formula's fractions full size as TeX would.
+        tex = _FRAC.sub(r"\\dfrac", tex)
     size = font_pt * (DISPLAY_SCALE if display else 1.0)
     dpi = 96 * scale  # Qt's logical pixels are 1/96 inch
     try:
