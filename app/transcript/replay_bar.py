@@ -79,7 +79,10 @@ class ReplayBar(QWidget):
 
     def seek(self, index: int) -> None:
         """Moves the slider (and so the replay) to frame `index`, pausing it, as a user's drag does."""
-        self.slider.setValue(index)
+        if self.slider.value() == index:
+            self._on_slider_value_changed(index)  # e.g. frame 0 before the first frame was shown
+        else:
+            self.slider.setValue(index)
 
     def stop(self) -> None:
         self.view.stop_replay(self.message_id)

@@ -50,6 +50,7 @@ def test_inline_and_display_math_become_images_in_the_text_colour():
     "text",
     [
         "It costs $5 and $10.",
+        "Small or large: $5/$10.",
         "From $10,000 to $20,000 a year.",
         "Pay $5, then $ 3 later.",
         "```\nprice = \"$x$\"  # $5 and $10\n```",
@@ -76,6 +77,9 @@ def test_formula_images_are_cached_and_scaled():
     double = formula_image("x^2", "#112233", 10.0, scale=2)
     assert double.width == pytest.approx(one.width, abs=1) and double.height == pytest.approx(one.height, abs=1)
     assert formula_image("x^2", "#112233", 10.0, display=True).width > one.width
+    # A display fraction is drawn full size (TeX's display style), not squeezed into the line.
+    inline, display = (formula_image("\\frac{a}{b}", "#112233", 10.0, display=flag) for flag in (False, True))
+    assert display.height > 1.8 * inline.height
 
 
 @pytest.fixture

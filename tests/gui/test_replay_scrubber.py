@@ -10,10 +10,13 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 
+from app.chat.messages import Message
+from app.chat.replay import ReplayRecorder
 from app.chat.store import ChatStore
 from app.transcript.canvas_paint import NOISE_CELL, _display
 from app.window.main_window import MainWindow
 from app.worker.engine_client import EngineClient
+from engine.protocol import CanvasCommitted, Draft
 from tests.conftest import timeout_ms
 from tests.gui.window_helpers import TEST_SETTINGS, ignore_offscreen_limits, send_and_wait, wait_model_loaded
 
@@ -133,3 +136,62 @@ def test_pause_holds_the_frame_and_stop_closes_the_bar(window, qtbot):
     assert not playback.timer.isActive(), "a paused replay must not run its timer"
     bar.close_button.click()
     assert not bar.isVisible() and not view.is_replaying(message_id)
+
+
+def _synthetic_reply():
+    """Two 6-token canvases over 4 steps with every entropy bucket in use (the tiny model's forced
+    replies are certain: bucket 0 everywhere)."""
+    words = ["Noise", " turns", " into", " text", " step", " by"]
+    drafts, commits, committed = [], [], ""
+    for canvas in range(2):
+        for step in range(4):
+            settled = [position % 4 <= step for position in range(6)]
+            entropy = [(position + step + canvas) % 4 if settled[position] else 3 for position in range(6)]
+            pieces = [words[p] if settled[p] else "?" for p in range(6)]
+            drafts.append(Draft("r", canvas, step, 4, "".join(pieces), pieces, settled, entropy))
+        committed += "".join(words)
+        commits.append(CanvasCommitted("r", canvas, "".join(words), committed, 6, 4))
+    return drafts, commits, committed
+
+
+@pytest.fixture
+def offline_window(qtbot):
+    store = ChatStore()
+    client = EngineClient()
+    win = MainWindow(TEST_SETTINGS, store, client)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+    client.shutdown()
+    store.close()
+    win.deleteLater()
+
+
+def test_the_entropy_tint_and_counter_follow_the_scrubber(offline_window, qtbot):
+    window = offline_window
+    drafts, commits, committed = _synthetic_reply()
+    recorder = ReplayRecorder()
+    for canvas in range(2):
+        for draft in drafts[canvas * 4 : canvas * 4 + 4]:
+            recorder.record_draft(draft)
+        recorder.record_commit(commits[canvas])
+    conversation = window.store.create_conversation("Replayed")
+    window.store.add_message(Message(role="user", content="Go", conversation_id=conversation.id))
+    reply = Message(role="assistant", content=committed, conversation_id=conversation.id, replay=recorder.finish())
+    window.store.add_message(reply)
+    window.controller.conversations.insert(0, conversation)
+    window.controller.open_conversation(conversation.id)
+    assert window.replay(reply.id)
+    bar = window.replay_bar
+    player = window.transcript_view.replay_playback(reply.id).player
+    for draft in drafts:
+        bar.seek(player.index_of(draft.canvas_index, draft.step_index))
+        assert _shown_state(window, reply.id) == (
+            (draft.canvas_index, draft.step_index), tuple(draft.pieces), tuple(draft.settled), tuple(draft.entropy)
+        )
+        assert window.transcript_view.streaming_snapshot(reply.id).counter_text == (
+            f"canvas {draft.canvas_index + 1} \u00b7 step {draft.step_index + 1}/4"
+        )
+        _tints_follow_entropy(window, reply.id, draft)
+    bar.stop()
