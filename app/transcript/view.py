@@ -267,6 +267,7 @@ class TranscriptView(TranscriptPointer, QListView):
         self._keep_editor_fresh(top_left, bottom_right)
 
     def _on_model_reset(self) -> None:
+        self.stop_all_replays()  # another chat opened: a paused replay has no timer to notice
         self._rows.clear()
         self._frame_timer.stop()
         self._editor_index = None
@@ -292,7 +293,8 @@ class TranscriptView(TranscriptPointer, QListView):
     def _on_model_rows_removed(self, parent: QModelIndex, first: int, last: int) -> None:
         for message_id, row in list(self._rows.items()):
             if not row.index.isValid():
-                del self._rows[message_id]
+                self.stop_replay(message_id)
+                self._rows.pop(message_id, None)
         if self._editor_index is not None and not self._editor_index.isValid():
             self._editor_index = None
             self._selected_id = ""

@@ -195,3 +195,23 @@ def test_the_entropy_tint_and_counter_follow_the_scrubber(offline_window, qtbot)
         )
         _tints_follow_entropy(window, reply.id, draft)
     bar.stop()
+
+
+def test_opening_another_chat_ends_a_paused_replay(offline_window, qtbot):
+    window = offline_window
+    drafts, commits, committed = _synthetic_reply()
+    recorder = ReplayRecorder()
+    for draft in drafts[:4]:
+        recorder.record_draft(draft)
+    recorder.record_commit(commits[0])
+    conversation = window.store.create_conversation("Replayed")
+    reply = Message(role="assistant", content=committed, conversation_id=conversation.id, replay=recorder.finish())
+    window.store.add_message(reply)
+    window.controller.conversations.insert(0, conversation)
+    window.controller.open_conversation(conversation.id)
+    assert window.replay(reply.id)
+    window.replay_bar.seek(2)
+    assert not window.transcript_view.replay_playback(reply.id).playing
+    with qtbot.waitSignal(window.transcript_view.replay_finished):
+        window.new_chat()
+    assert not window.replay_bar.isVisible() and not window.transcript_view.is_replaying()
