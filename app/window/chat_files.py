@@ -8,9 +8,10 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QDialog,
     QDialogButtonBox,
@@ -162,11 +163,14 @@ class ChatFiles(QObject):
         path, _ = QFileDialog.getOpenFileName(self.window, "Import chats", str(Path.home()), f"{JSON_FILTER};;All files (*)")
         if not path:
             return []
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # checking every recorded draft takes a moment
         try:
             chats = read_chats_file(Path(path))
         except ImportRefused as exc:
             self._show_error("Nothing was imported.", str(exc))
             return []
+        finally:
+            QApplication.restoreOverrideCursor()
         if not chats:
             self._show_error("Nothing was imported.", "The file holds no chats.")
             return []
