@@ -297,6 +297,28 @@ class ChatStore:
             remove_conversation_images(self.images_root, conversation_id)
         return cursor.rowcount
 
+    def import_chats(self, chats: list[Any]) -> list[Conversation]:
+        """Inserts whole conversations (`app.chat.export.ExportedChat`) in ONE transaction: all of
+        them or, when any write fails, none. A chat's settings go to a `settings` column if the
+        schema has one (per-chat settings)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(conversations)")}
+        with self._write() as db:
+            for chat in chats:
+                c = chat.conversation
+                db.execute(
+                    "INSERT INTO conversations (id, title, created, updated) VALUES (?, ?, ?, ?)",
+                    (c.id, c.title, c.created, c.updated),
+                )
+                if chat.settings is not None and "settings" in columns:
+                    db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
+                for m in chat.messages:
+                    db.execute(
+                        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.id, c.id, m.role, m.content, m.status,
+                         json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created, m.updated),
+                    )
+        return [chat.conversation for chat in chats]
+
     # ------------------------------------------------------------------ messages
 
     @staticmethod

@@ -161,7 +161,8 @@ class TranscriptDelegate(QStyledItemDelegate):
             from app.transcript.markdown_render import renderer_for
 
             renderer = renderer_for(self.colors)
-            rendered = renderer.render(text)
+            font_pt = self._font.pointSizeF() if self._font.pointSizeF() > 0 else self._font.pixelSize() * 0.75
+            rendered = renderer.render(text, font_pt, round(self._view.devicePixelRatioF()))
             doc.setDefaultStyleSheet(renderer.style_sheet().replace("monospace", self._mono_family))
             doc.setHtml(rendered.html)
         doc.setTextWidth(width)

@@ -25,12 +25,14 @@ from app.window.engine_status import EngineBanner, EngineStatus
 from app.worker.engine_client import EngineClient, EngineState
 from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
+from app.window.chat_files import attach_chat_files
 from app.window.local_server import LocalServerDialog, attach_local_server
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.thinking_toggle import attach_thinking_toggle
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
+from app.transcript.replay_bar import attach_replay_bar
 from app.transcript.view import TranscriptView
 from engine.protocol import MODEL_LOAD_ERROR_CODES, MODEL_SETUP_ERROR_CODES, Error, LoadProgress, ModelLoaded
 
@@ -114,6 +116,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.chat_files = attach_chat_files(self)
+        self.replay_bar = attach_replay_bar(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
