@@ -25,6 +25,7 @@ from app.worker.engine_client import EngineClient, EngineState
 from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
 from app.window.local_server import LocalServerDialog, attach_local_server
+from app.remote.connection import attach_remote_connection
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.thinking_toggle import attach_thinking_toggle
@@ -113,6 +114,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.remote = attach_remote_connection(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
