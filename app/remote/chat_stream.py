@@ -107,8 +107,8 @@ class ChatStreamReader:
         entry["name"] = function.get("name") or entry["name"]
         arguments = function.get("arguments") or ""
         entry["arguments"] += arguments
-        # Shown in the reply as it streams: "\n[tool call] name(" ... arguments ... closed at the end.
-        return (f"\n\n\U0001f527 {entry['name']}(" if opening else "") + arguments
+        # Shown in the reply as it streams: "Tool call: name(" + the arguments, closed at the end.
+        return (f"\n\nTool call: {entry['name']}(" if opening else "") + arguments
 
     def _commit(self, piece: str) -> CanvasCommitted:
         if not self.canvases:
@@ -160,7 +160,7 @@ def http_error(request_id: str, status: int, body: Any, retry_after: str = "") -
     """A plain message for an HTTP error answer, with the server's own reason."""
     reason = error_reason(body) or (body if isinstance(body, str) else "")
     reason = reason.strip()[:300]
-    said = f": \u201c{reason}\u201d" if reason else "."
+    said = f": \u201c{reason}\u201d." if reason else "."
     if status in (401, 403):
         text = (
             f"The server refused the API key ({status}){said} Check the key in Model \u25b8 Connect to a server\u2026"

@@ -62,3 +62,88 @@ def start_api_server(model_dir, reply: str, token: str = "", step_delay: str = "
         _, err = process.communicate()
         raise RuntimeError(f"the API server did not start: {ready!r} {err[-2000:]}")
     return ApiServer(process, ready.split("ready: ", 1)[1].strip(), token)
+
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+@dataclass
+class Recorded:
+    """What the replay server answers: a status, headers and a body (an SSE file's lines)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "text/event-stream"),)
+    hold_after_first_event: bool = False  # a slow server: one event, then nothing until released
+
+
+class ReplayServer:
+    """A stdlib HTTP server in a thread that answers like vLLM: `GET /v1/models` with `models`,
+    `POST /v1/chat/completions` with `chat` (a recorded SSE stream or an error answer)."""
+
+    def __init__(self, models: list[dict] | None = None) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.models = models if models is not None else [
+            {"id": "google/diffusiongemma-26B-A4B-it", "object": "model", "created": 1764633600,
+             "owned_by": "vllm", "root": "google/diffusiongemma-26B-A4B-it", "parent": None, "max_model_len": 32768}
+        ]
+        self.chat = Recorded()
+        self.requests: list[dict] = []
+        self.release = threading.Event()
+        self.client_gone = threading.Event()
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+            def log_message(self, *_args) -> None:
+                pass
+
+            def _send(self, status: int, headers, body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    body = json.dumps({"object": "list", "data": replay.models}).encode()
+                    self._send(200, [("Content-Type", "application/json")], body)
+                else:
+                    self._send(404, [("Content-Type", "application/json")], b'{"detail": "Not Found"}')
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                replay.requests.append(json.loads(self.rfile.read(length)))
+                recorded = replay.chat
+                if not recorded.hold_after_first_event:
+                    self._send(recorded.status, recorded.headers, recorded.body)
+                    return
+                first, _, _ = recorded.body.partition(b"\n\n")
+                self._send(recorded.status, recorded.headers, first + b"\n\n")
+                self.wfile.flush()
+                replay.release.wait(60)
+                try:
+                    self.wfile.write(b": still here\n\n")
+                    self.wfile.flush()
+                except OSError:
+                    replay.client_gone.set()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="replay-server", daemon=True)
+        self._thread.start()
+
+    def replay_file(self, name: str) -> None:
+        self.chat = Recorded(body=(FIXTURES / name).read_bytes())
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
