@@ -107,6 +107,7 @@ class RemoteConnection(QObject):
             "Replies come from this server as plain text; there is no canvas animation.")
         self.backend_label.setStyleSheet("color: #2f6fde;")
         self.backend_label.show()
+        self.window.engine_status.hide()  # the local worker's state says nothing about these replies
         return True
 
     def use_local(self) -> bool:
@@ -114,6 +115,7 @@ class RemoteConnection(QObject):
             return False
         self._drop_backend()
         self.backend_label.hide()
+        self.window.engine_status.show()
         self._save(remote_enabled=False)
         return True
 
