@@ -358,9 +358,13 @@ class ConversationController(QObject):
         stats = dataclasses.asdict(done.stats)
         stats["finish_reason"] = done.finish_reason
         if not done.stats.decoder_forwards:
-            # A remote server does not report forwards or steps: no made-up zeros under the reply.
+            # A remote server reports no forwards or steps (and tokens only with `usage`): no
+            # made-up zeros under the reply; its first result is a whole canvas, not a draft.
             for name in ("decoder_forwards", "tokens_per_forward", "steps_per_canvas"):
                 stats.pop(name)
+            if not done.stats.new_tokens:
+                stats.pop("tokens_per_s")
+            stats["time_to_first_canvas_s"] = stats.pop("time_to_first_draft_s")
         if done.reasoning:
             stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"

@@ -17,6 +17,7 @@ from app.remote.backend import RemoteBackend
 from app.remote.connect_dialog import ConnectDialog
 from app.remote.server import RemoteServer, load_api_key, save_api_key
 from app.settings import save_settings
+from app.worker.engine_state import EngineState
 
 if TYPE_CHECKING:
     from app.window.main_window import MainWindow
@@ -117,6 +118,8 @@ class RemoteConnection(QObject):
         self.backend_label.hide()
         self.window.engine_status.show()
         self._save(remote_enabled=False)
+        if self.window.client.state == EngineState.STOPPED and self.window.client.model_info is None:
+            self.window.start_engine()  # the app started on the server: load this PC's model now
         return True
 
     def _drop_backend(self) -> None:

@@ -70,6 +70,9 @@ def stats_line(stats: dict[str, Any] | None) -> str:
     first = stats.get("time_to_first_draft_s")
     if first is not None:
         parts.append(f"{first:.2f} s to first draft")
+    first_canvas = stats.get("time_to_first_canvas_s")  # a remote reply: no drafts, whole canvases
+    if first_canvas is not None:
+        parts.append(f"{first_canvas:.2f} s to first canvas")
     speed = stats.get("tokens_per_s")
     if speed is not None:
         parts.append(f"{speed:.1f} tok/s")

@@ -1,9 +1,11 @@
 """Model ▸ Connect to a server… against Canvas Chat's own API server on the tiny model (a real
 server process, real HTTP): connect, pick the model, chat, stop mid-stream, the server killed
-mid-reply (partial kept, interrupted, Retry), a wrong key (401 shown plainly), kept through restarts."""
+mid-reply (partial kept, interrupted, Retry), a wrong key (401 shown plainly), kept through restarts;
+and another model (a replayed stream): allowed with a note, plain text, then back to the local engine."""
 
 from __future__ import annotations
 
+import json
 
 import keyring
 import pytest
@@ -18,7 +20,8 @@ from app.worker.engine_client import EngineClient
 from engine import paths
 from tests.conftest import timeout_ms
 from tests.gui.conftest import REPLY
-from tests.gui.remote_helpers import MemoryKeyring, start_api_server
+from app.transcript.delegate import stats_line
+from tests.gui.remote_helpers import MemoryKeyring, Recorded, ReplayServer, start_api_server
 from tests.gui.window_helpers import TEST_SETTINGS, ignore_offscreen_limits, send_and_wait
 
 pytestmark = [ignore_offscreen_limits]
@@ -200,3 +203,37 @@ def test_with_no_keyring_the_key_is_kept_for_this_session_only(qtbot, window, ap
     assert TOKEN not in paths.settings_path().read_text(encoding="utf-8")
     message_id = send_and_wait(qtbot, window, "Hi?")
     assert window.controller.transcript.get(message_id).content == REPLY
+
+
+GENERIC_STREAM = "".join(
+    "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "llama",
+                           "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": finish}]}) + "\n\n"
+    for piece, finish in (("Hel", None), ("lo ", None), ("there", None), ("", "stop"))
+) + "data: [DONE]\n\n"
+
+
+def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local_again(qtbot, window, monkeypatch):
+    replay = ReplayServer(models=[{"id": "meta-llama/Llama-3.1-8B-Instruct", "object": "model", "owned_by": "vllm"}])
+    try:
+        replay.chat = Recorded(body=GENERIC_STREAM.encode())
+        dialog = test_connection(qtbot, window, replay.base_url, "")
+        assert dialog.model_note.text().startswith("Not a DiffusionGemma model: allowed.")
+        qtbot.mouseClick(dialog.connect_button, Qt.MouseButton.LeftButton)
+        assert window.remote.backend_label.text().endswith("\u00b7 plain text, not a DiffusionGemma model")
+        assert not window.engine_status.isVisibleTo(window)  # the idle local worker is not what answers
+        message_id = send_and_wait(qtbot, window, "Hi")
+        message = window.controller.transcript.get(message_id)
+        assert message.content == "Hello there"
+        assert "chat_template_kwargs" not in replay.requests[-1]
+        # No usage in this stream: no made-up tokens/s; the first result was a whole chunk, not a draft.
+        assert stats_line(message.stats).endswith(" s to first canvas") and "tok/s" not in stats_line(message.stats)
+    finally:
+        replay.close()
+    starts = []
+    monkeypatch.setattr(window, "start_engine", lambda *args, **kwargs: starts.append(args))
+    dialog = window.remote.open_dialog()
+    qtbot.mouseClick(dialog.local_button, Qt.MouseButton.LeftButton)
+    assert window.remote.backend is None and window.controller.backend is window.client
+    assert not window.remote.backend_label.isVisibleTo(window) and window.engine_status.isVisibleTo(window)
+    assert load_settings().remote_enabled is False
+    assert starts == [()]  # this PC's model is loaded now that it answers again

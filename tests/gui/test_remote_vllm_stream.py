@@ -80,6 +80,7 @@ def test_a_recorded_vllm_tool_call_stream_is_shown_in_the_reply(qtbot, replay, b
     assert commits[0].text == "Let me look that up."
     assert done.text == 'Let me look that up.\n\nTool call: get_weather({"city": "Lima", "unit": "celsius"})'
     assert done.stats.new_tokens == 40
+    assert replay.requests[-1]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 @pytest.mark.parametrize(
