@@ -127,7 +127,7 @@ class ConnectDialog(QDialog):
 
     def test_connection(self) -> None:
         """Probes the server off the GUI thread; the verdict and model list follow."""
-        if self._probe_thread is not None and self._probe_thread.is_alive():
+        if self.probe_running():
             return
         url, key = self.url_edit.text(), self.key_edit.text()
         self.test_button.setEnabled(False)
@@ -137,9 +137,8 @@ class ConnectDialog(QDialog):
         )
         self._probe_thread.start()
 
-    def wait_for_probe(self, timeout_s: float = 15.0) -> None:
-        if self._probe_thread is not None:
-            self._probe_thread.join(timeout_s)
+    def probe_running(self) -> bool:
+        return self._probe_thread is not None and self._probe_thread.is_alive()
 
     def _on_probe_finished(self, verdict: ProbeVerdict) -> None:
         self.test_button.setEnabled(True)

@@ -80,8 +80,12 @@ class RemoteConnection(QObject):
 
     def _on_dialog_finished(self, _result: int) -> None:
         dialog, self.dialog = self.dialog, None
-        if dialog is not None:
-            dialog.wait_for_probe(0.0)
+        if dialog is None:
+            return
+        if dialog.probe_running():
+            # The probe thread still reports to it (a server that takes its time to answer).
+            dialog.probe_finished.connect(dialog.deleteLater)
+        else:
             dialog.deleteLater()
 
     def use_server(self, server: RemoteServer, save: bool = True) -> bool:

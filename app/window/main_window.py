@@ -486,6 +486,7 @@ class MainWindow(QMainWindow):
             except OSError as exc:
                 self.banner.show_error("Your settings could not be saved.", str(exc), offer_setup=False)
         never_started = self.client.state == EngineState.STOPPED and self.client.model_info is None
+        never_started = never_started and not settings.remote_enabled  # a server answers (app/remote)
         if save and (model_changed or never_started) and not self._closing:
             self.start_engine()
 

@@ -5,6 +5,7 @@ and another model (a replayed stream): allowed with a note, plain text, then bac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keyring
@@ -213,6 +214,8 @@ GENERIC_STREAM = "".join(
 
 
 def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local_again(qtbot, window, monkeypatch):
+    starts = []
+    monkeypatch.setattr(window, "start_engine", lambda *args, **kwargs: starts.append(args))
     replay = ReplayServer(models=[{"id": "meta-llama/Llama-3.1-8B-Instruct", "object": "model", "owned_by": "vllm"}])
     try:
         replay.chat = Recorded(body=GENERIC_STREAM.encode())
@@ -221,6 +224,8 @@ def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local
         qtbot.mouseClick(dialog.connect_button, Qt.MouseButton.LeftButton)
         assert window.remote.backend_label.text().endswith("\u00b7 plain text, not a DiffusionGemma model")
         assert not window.engine_status.isVisibleTo(window)  # the idle local worker is not what answers
+        window.apply_settings(dataclasses.replace(window.settings, system_prompt="Be brief."))
+        assert starts == []  # saving other settings does not load this PC's model behind the server
         message_id = send_and_wait(qtbot, window, "Hi")
         message = window.controller.transcript.get(message_id)
         assert message.content == "Hello there"
@@ -229,8 +234,6 @@ def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local
         assert stats_line(message.stats).endswith(" s to first canvas") and "tok/s" not in stats_line(message.stats)
     finally:
         replay.close()
-    starts = []
-    monkeypatch.setattr(window, "start_engine", lambda *args, **kwargs: starts.append(args))
     dialog = window.remote.open_dialog()
     qtbot.mouseClick(dialog.local_button, Qt.MouseButton.LeftButton)
     assert window.remote.backend is None and window.controller.backend is window.client
