@@ -113,6 +113,7 @@ class RemoteConnection(QObject):
         self.backend_label.setStyleSheet("color: #2f6fde;")
         self.backend_label.show()
         self.window.engine_status.hide()  # the local worker's state says nothing about these replies
+        self.window._update_empty_state()
         return True
 
     def use_local(self) -> bool:
@@ -121,6 +122,7 @@ class RemoteConnection(QObject):
         self._drop_backend()
         self.backend_label.hide()
         self.window.engine_status.show()
+        self.window._update_empty_state()
         self._save(remote_enabled=False)
         if self.window.client.state == EngineState.STOPPED and self.window.client.model_info is None:
             self.window.start_engine()  # the app started on the server: load this PC's model now

@@ -65,6 +65,11 @@ class RemoteServer:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def how_replies_arrive(self) -> str:
+        if self.diffusiongemma:
+            return "Replies come from the server a canvas at a time (committed canvases, no denoising steps)."
+        return "Replies come from the server as plain text (not a DiffusionGemma model)."
+
     def answered_by(self) -> str:
         """Recorded with each reply and shown in the status bar."""
         return f"Remote \u00b7 {self.model} at {self.host}"

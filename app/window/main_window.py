@@ -433,10 +433,15 @@ class MainWindow(QMainWindow):
                     for index, prompt in enumerate(DEMO_EXAMPLE_PROMPTS)
                 )
                 demo_note += f"<p>Try one:<br>{links}</p>"
+            intro = ("<p>Ask anything. Each reply is written a block at a time:<br>"
+                     "every block starts as noise and is denoised in place while you watch.</p>")
+            server = self.remote.backend.server if getattr(self, "remote", None) and self.remote.backend else None
+            if server is not None:  # a remote server answers (app/remote): no local model, no step animation
+                name = f"{html.escape(server.model)} on {html.escape(server.host)}"
+                intro, demo_note = f"<p>Ask anything. {html.escape(server.how_replies_arrive())}</p>", ""
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
-                "<p>Ask anything. Each reply is written a block at a time:<br>"
-                "every block starts as noise and is denoised in place while you watch.</p>"
+                f"{intro}"
                 f"{demo_note}"
                 f"<p style='color: {self.colors.dim_text};'>Model: {name} \u00b7 Enter sends, Shift+Enter adds a line"
                 " \u00b7 Ctrl+N new chat \u00b7 Ctrl+F search</p>"

@@ -97,6 +97,8 @@ def test_connect_pick_the_model_and_chat_then_the_backend_is_kept_through_a_rest
     assert "canvas by canvas" in dialog.model_note.text()
     qtbot.mouseClick(dialog.connect_button, Qt.MouseButton.LeftButton)
     host = api_server.base_url.split("//")[1].split("/")[0]
+    assert f"Model: {MODEL} on {host}" in window.empty_label.text()
+    assert "a canvas at a time (committed canvases, no denoising steps)" in window.empty_label.text()
     label = window.remote.backend_label
     assert label.isVisibleTo(window) and label.text() == f"\u25cf Remote: {MODEL} at {host} \u00b7 canvas by canvas, no per-step drafts"
 
@@ -224,6 +226,8 @@ def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local
         qtbot.mouseClick(dialog.connect_button, Qt.MouseButton.LeftButton)
         assert window.remote.backend_label.text().endswith("\u00b7 plain text, not a DiffusionGemma model")
         assert not window.engine_status.isVisibleTo(window)  # the idle local worker is not what answers
+        assert "as plain text (not a DiffusionGemma model)" in window.empty_label.text()
+        assert "denoised in place while you watch" not in window.empty_label.text()
         window.apply_settings(dataclasses.replace(window.settings, system_prompt="Be brief."))
         assert starts == []  # saving other settings does not load this PC's model behind the server
         message_id = send_and_wait(qtbot, window, "Hi")
