@@ -38,7 +38,7 @@ class SearchHit:
     snippet: str  # matching message text around the hit, or "" when the title matched
 
 
-_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated"
+_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated, answered_by"
 _UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay"}
 
 
@@ -102,6 +102,11 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
 
 
+def _migration_add_reply_backend(db: sqlite3.Connection) -> None:
+    """Which backend and model wrote each reply ("Local · …", "Remote · model at host")."""
+    db.execute("ALTER TABLE messages ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''")
+
+
 def _migration_add_attachments(db: sqlite3.Connection) -> None:
     """Images of user messages: the files live in `images/<conversation id>/` beside the database."""
     db.execute(
@@ -121,7 +126,12 @@ def _migration_add_attachments(db: sqlite3.Connection) -> None:
 
 
 # MIGRATIONS[n - 1] takes the database from user_version n - 1 to n.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_add_attachments]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_add_reply_backend,
+    _migration_add_attachments,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -313,9 +323,10 @@ class ChatStore:
                     db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
                 for m in chat.messages:
                     db.execute(
-                        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (m.id, c.id, m.role, m.content, m.status,
-                         json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created, m.updated),
+                         json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created, m.updated,
+                         m.answered_by),
                     )
         return [chat.conversation for chat in chats]
 
@@ -336,6 +347,7 @@ class ChatStore:
             replay=row["replay"],
             created=row["created"],
             updated=row["updated"],
+            answered_by=row["answered_by"],
         )
 
     def messages(self, conversation_id: str) -> list[Message]:
@@ -383,7 +395,7 @@ class ChatStore:
             raise ValueError("the message has no conversation_id")
         with self._write() as db:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.conversation_id,
@@ -395,6 +407,7 @@ class ChatStore:
                     message.replay,
                     message.created,
                     message.updated,
+                    message.answered_by,
                 ),
             )
             for position, attachment in enumerate(message.attachments):

@@ -34,6 +34,7 @@ class TranscriptView(TranscriptPointer, QListView):
 
     sig_edit_requested = Signal(str)  # message id of a user message
     sig_regenerate_requested = Signal(str)  # message id of an assistant message
+    sig_retry_requested = Signal(str)  # message id of an interrupted reply ("Retry" under it)
     sig_replay_requested = Signal(str)
     copied = Signal(str)  # what went to the clipboard
     replay_started = Signal(str)

@@ -20,6 +20,7 @@ THUMB_SIZE = 56
 QT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 PASTED_NAME = "pasted image"
 NO_MODEL_REASON = "Load a model first: images go to the model's vision tower."
+REMOTE_REASON = "Images go to this PC's model only: a server you connect to is sent text."
 
 
 def check_image(data: bytes, name: str) -> ImageSource:
@@ -216,3 +217,12 @@ def images_refusal(info) -> str:
             "(Model \u25b8 Model setup\u2026) to attach images."
         )
     return f"{Path(info.model).name} cannot read images: it has no vision tower."
+
+
+def attach_state(info, remote: bool = False) -> tuple[bool, str]:
+    """(enabled, reason when not) of the attach button, for the local model's `ModelLoaded` (or None)."""
+    if remote:
+        return False, REMOTE_REASON
+    if info is None:
+        return False, NO_MODEL_REASON
+    return bool(info.accepts_images), images_refusal(info)

@@ -39,7 +39,7 @@ def _stored_chat(store: ChatStore, title: str = "Sums and code") -> ExportedChat
     question = Message(role="user", content="Add $a$ and $b$ in Python, please.", conversation_id=conversation.id,
                        created=1_700_000_000.125, updated=1_700_000_000.5)
     answer = Message(role="assistant", content=CODE_REPLY, conversation_id=conversation.id, stats=STATS,
-                     replay=_replay_blob(), created=1_700_000_001.0, updated=1_700_000_002.75)
+                     replay=_replay_blob(), answered_by="Remote · demo-model at 127.0.0.1:8000", created=1_700_000_001.0, updated=1_700_000_002.75)
     stopped = Message(role="assistant", content="Half a", conversation_id=conversation.id, status="stopped",
                       created=1_700_000_003.0, updated=1_700_000_004.0)
     for message in (question, answer, stopped):

@@ -161,3 +161,24 @@ def test_a_pasted_bitmap_and_a_dropped_file_become_attachments(open_window, qtbo
     question = window.controller.transcript.last(role="user")
     assert question.content == "" and [a.name for a in question.attachments] == ["pasted image", "drop.webp"]
     assert window.controller.conversations.get(question.conversation_id).title == "pasted image"
+
+
+def test_a_server_is_sent_text_only_and_attaching_is_off_while_one_is_used(qapp):
+    import json
+
+    from app.remote.backend import RemoteBackend
+    from app.remote.server import RemoteServer
+    from app.window.attachment_strip import REMOTE_REASON, attach_state
+    from engine.protocol import ChatMessage, ImagePart, ModelLoaded, TextPart
+
+    remote = RemoteBackend(RemoteServer("http://127.0.0.1:9/v1", "google/diffusiongemma-26B-A4B-it"))
+    try:
+        question = ChatMessage("user", [ImagePart("/data/images/c/1.png", "image/png"), TextPart("What is this?")])
+        body = remote.request_body([question], "", None, False)
+    finally:
+        remote.shutdown()
+        remote.deleteLater()
+    assert json.loads(json.dumps(body))["messages"] == [{"role": "user", "content": "What is this?"}]
+    vision = ModelLoaded("l", "m", "/m", "cpu", "none", 16, 1, 0.1, accepts_images=True)
+    assert attach_state(vision) == (True, "")
+    assert attach_state(vision, remote=True) == (False, REMOTE_REASON)
