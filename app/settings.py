@@ -71,6 +71,7 @@ class Settings:
     quantization: QuantizationName = "auto"
     api_port: int = 1234  # the local API server (Model > Local server); it is off until turned on
     api_token: str = ""
+    chat_panel_open: bool = True  # the chat's settings panel on the right of the window
 
     def with_preset(self, name: str) -> Settings:
         """These settings with a named preset's sampling values (or just marked custom)."""
@@ -167,6 +168,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "quantization": lambda v: v in QUANTIZATION_NAMES,
     "api_port": lambda v: _is_int(v) and 1 <= v <= 65535,
     "api_token": lambda v: isinstance(v, str),
+    "chat_panel_open": lambda v: isinstance(v, bool),
 }
 
 

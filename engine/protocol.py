@@ -286,6 +286,9 @@ class ModelLoaded:
     parameters: int
     load_s: float
     is_demo: bool = False
+    context_window: int = 0  # the model's positions (max_position_embeddings); 0 = unknown
+    torch_version: str = ""
+    transformers_version: str = ""
 
 
 @dataclass(frozen=True)

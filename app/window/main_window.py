@@ -28,6 +28,10 @@ from app.window.local_server import LocalServerDialog, attach_local_server
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.thinking_toggle import attach_thinking_toggle
+from app.window.about import attach_about
+from app.window.accessibility import attach_accessibility
+from app.window.chat_panel import attach_chat_panel
+from app.window.context_meter import attach_context_meter
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
 from app.transcript.view import TranscriptView
@@ -113,12 +117,16 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.chat_panel = attach_chat_panel(self)
+        self.context_meter = attach_context_meter(self)
+        self.about_action = attach_about(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
             self.controller.open_conversation(self.controller.conversations[0].id)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
+        attach_accessibility(self)
         self.composer.edit.setFocus()
 
     # ------------------------------------------------------------------ building
