@@ -6,6 +6,7 @@ from __future__ import annotations
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
 import dataclasses
+import html
 import logging
 from pathlib import Path
 
@@ -67,11 +68,11 @@ class ChatPanel(QFrame):
         self.close_button.setAccessibleName("Hide the chat settings panel")
         self.close_button.clicked.connect(self.sig_close_requested)
 
-        self.model_label = QLabel("No model loaded", self)
+        self.model_label = QLabel(self)
         self.model_label.setObjectName("chatPanelModel")
         self.model_label.setWordWrap(True)
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.backend_label = QLabel(BACKEND_LOCAL, self)
+        self.backend_label = QLabel(self)
         self.backend_label.setObjectName("chatPanelBackend")
         self.backend_label.setWordWrap(True)
 
@@ -136,13 +137,19 @@ class ChatPanel(QFrame):
         header.addWidget(self.title, 1)
         header.addWidget(self.close_button)
         form_holder = QWidget(self)
-        form = QFormLayout(form_holder)
+        column = QVBoxLayout(form_holder)
+        column.setContentsMargins(0, 0, 4, 0)
+        column.setSpacing(6)
+        column.addWidget(self.model_label)
+        column.addWidget(self.backend_label)
+        prompt_label = QLabel("System prompt", self)
+        prompt_label.setBuddy(self.system_prompt)
+        column.addWidget(prompt_label)
+        column.addWidget(self.system_prompt)
+        form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        form.addRow("Model", self.model_label)
-        form.addRow("Backend", self.backend_label)
-        form.addRow(QLabel("System prompt", self))
-        form.addRow(self.system_prompt)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Preset", self.preset)
         form.addRow("Denoising steps", self.steps)
         form.addRow("Entropy bound", self.entropy_bound)
@@ -150,9 +157,11 @@ class ChatPanel(QFrame):
         form.addRow("t_max", self.t_max)
         form.addRow("Seed", self.seed)
         form.addRow("Max new tokens", self.max_new_tokens)
-        form.addRow(self.thinking)
-        form.addRow(self.problems)
-        form.addRow(self.reset_button)
+        column.addLayout(form)
+        column.addWidget(self.thinking)
+        column.addWidget(self.problems)
+        column.addWidget(self.reset_button)
+        column.addStretch(1)
 
         scroll = QScrollArea(self)
         scroll.setObjectName("chatPanelScroll")
@@ -165,9 +174,10 @@ class ChatPanel(QFrame):
         layout.setContentsMargins(10, 8, 6, 8)
         layout.addLayout(header)
         layout.addWidget(scroll, 1)
-        self.setMinimumWidth(220)
+        self.setMinimumWidth(230)
         self.setMaximumWidth(420)
 
+        self.show_model(None)
         self.show_settings(controller.chat_settings)
         controller.chat_settings_changed.connect(self.show_settings)
         self.system_prompt.textChanged.connect(self._on_field_edited)
@@ -203,11 +213,15 @@ class ChatPanel(QFrame):
     def show_model(self, info, backend: str = BACKEND_LOCAL) -> None:
         """The loaded model (a ModelLoaded event) or None."""
         if info is None:
-            self.model_label.setText("No model loaded")
+            shown = "No model loaded"
         else:
             name = "Demo model (toy skills only)" if info.is_demo else Path(info.model).name or info.model
-            self.model_label.setText(f"{name}\n{info.device} \u00b7 {info.quantization}")
-        self.backend_label.setText(backend)
+            weights = "no quantization" if info.quantization in ("", "none") else info.quantization
+            shown = f"{html.escape(name)} \u00b7 {html.escape(info.device)} \u00b7 {html.escape(weights)}"
+        self.model_label.setText(f"<b>Model</b><br>{shown}")
+        self.model_label.setAccessibleName(f"Model: {shown}" if info is None else f"Model: {name}, {info.device}")
+        self.backend_label.setText(f"<b>Backend</b><br>{html.escape(backend)}")
+        self.backend_label.setAccessibleName(f"Backend: {backend}")
 
     def shown_settings(self) -> ChatSettings:
         """The settings as the panel shows them now (maybe with problems)."""

@@ -116,7 +116,7 @@ class ContextMeter(QWidget):
 
 
 def attach_context_meter(window) -> ContextMeter:
-    """The meter in the composer's button row, its warning above the input; follows the open chat."""
+    """The meter on the right of the status bar, its warning above the input; follows the open chat."""
     meter = ContextMeter(window.composer)
     controller, client = window.controller, window.client
 
@@ -133,7 +133,9 @@ def attach_context_meter(window) -> ContextMeter:
     controller.chat_settings_changed.connect(refresh)
     client.model_loaded.connect(refresh)
     window.composer.edit.textChanged.connect(lambda: meter.update_draft(window.composer.text()))
-    window.composer.add_option(meter)
+    status_bar = window.statusBar() if hasattr(window, "statusBar") else None
+    if status_bar is not None:
+        status_bar.addPermanentWidget(meter)
     window.composer.layout().insertWidget(0, meter.warning)
     refresh()
     return meter
