@@ -6,6 +6,7 @@ from __future__ import annotations
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
 import html
+import importlib.metadata
 import platform
 from pathlib import Path
 
@@ -14,10 +15,16 @@ from PySide6.QtCore import Qt, QUrl, qVersion
 from PySide6.QtGui import QAction, QDesktopServices
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QMenu, QPushButton, QVBoxLayout, QWidget
 
-from engine import __version__ as APP_VERSION
 from engine import paths
 
 NOT_LOADED = "not loaded"
+
+
+def app_version() -> str:
+    try:
+        return importlib.metadata.version("canvas-chat")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def about_facts(model_info) -> dict[str, str]:
@@ -25,7 +32,7 @@ def about_facts(model_info) -> dict[str, str]:
     torch_version = getattr(model_info, "torch_version", "") if model_info is not None else ""
     transformers_version = getattr(model_info, "transformers_version", "") if model_info is not None else ""
     return {
-        "Canvas Chat": APP_VERSION,
+        "Canvas Chat": app_version(),
         "Python": platform.python_version(),
         "PySide6": PySide6.__version__,
         "Qt": qVersion(),

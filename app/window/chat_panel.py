@@ -246,10 +246,7 @@ class ChatPanel(QFrame):
     # -- editing
 
     def _apply(self, chat_settings: ChatSettings) -> None:
-        problems = chat_settings.problems()
-        seed_problem = self.seed.problem()
-        if seed_problem and seed_problem not in problems:
-            problems.append(seed_problem)
+        problems = chat_settings.problems()  # the seed's range included (SETTING_RANGES)
         self._show_problems(problems)
         if not problems:
             self.controller.set_chat_settings(chat_settings)

@@ -1,4 +1,5 @@
-"""A seed field: empty means a fresh random seed per reply; the range is engine.protocol's."""
+"""A seed field: empty means a fresh random seed per reply (the range is checked with the other
+settings, against engine.protocol.SETTING_RANGES)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the mod
 from PySide6.QtCore import QRegularExpression
 from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import QLineEdit, QWidget
-
-from engine.protocol import SETTING_RANGES
 
 
 class SeedEdit(QLineEdit):
@@ -27,7 +26,3 @@ class SeedEdit(QLineEdit):
 
     def set_seed(self, seed: int | None) -> None:
         self.setText("" if seed is None else str(seed))
-
-    def problem(self) -> str | None:
-        seed = self.seed()
-        return None if seed is None else SETTING_RANGES["seed"].problem(seed)

@@ -180,9 +180,6 @@ class SettingsDialog(QDialog):
 
     def _validate(self, *_args) -> list[str]:
         problems = self.edited_settings().problems()
-        seed_problem = self.seed.problem()
-        if seed_problem and seed_problem not in problems:
-            problems.append(seed_problem)
         self.problems.setText("\n".join(problems))
         self.problems.setVisible(bool(problems))
         self.ok_button.setEnabled(not problems)
