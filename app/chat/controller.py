@@ -19,6 +19,10 @@ Methods
     edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
     replay_player(message_id, speed) -> ReplayPlayer | None
     close()                                      disconnects from the client (call on window close)
+    use_backend(backend) -> bool                 replies come from `backend` from now on (the local
+                                                 EngineClient or an app.remote RemoteBackend); False
+                                                 while a reply is generating
+    backend (attribute)                          where the next reply comes from (a ChatBackend)
     settings (attribute)                         an app.settings.Settings: the defaults new chats start from
     chat_settings / set_chat_settings(cs)        the open chat's ChatSettings (saved with it), used by its next reply
 
@@ -49,6 +53,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
+from app.chat.backend import ChatBackend, answered_by
 from app.chat.chat_settings import ChatSettings, ChatSettingsBook
 from app.chat.messages import (
     DEFAULT_TITLE,
@@ -89,6 +94,7 @@ class ConversationController(QObject):
     generating_changed = Signal(bool)
     conversation_opened = Signal(str)
     chat_settings_changed = Signal(object)
+    backend_changed = Signal(object)  # the ChatBackend the next replies come from
     store_failed = Signal(str)
 
     def __init__(
@@ -101,6 +107,7 @@ class ConversationController(QObject):
         super().__init__(parent)
         self.store = store
         self.client = client
+        self.backend: ChatBackend = client
         self._settings = settings or Settings()
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
@@ -110,13 +117,17 @@ class ConversationController(QObject):
         self._unsaved: dict[str, Message] = {}
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
         self._chat_settings = ChatSettingsBook(store.conversation_settings, lambda: self._settings)
+        self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
+        self._listen_to(client)
+
+    def _listen_to(self, backend: ChatBackend) -> None:
         self._client_hooks = [
-            (client.draft_received, self._on_client_draft_received),
-            (client.draft_arrived, self._on_client_draft_arrived),
-            (client.canvas_committed, self._on_client_canvas_committed),
-            (client.generation_finished, self._on_client_generation_finished),
-            (client.generation_failed, self._on_client_generation_failed),
-            (client.generation_interrupted, self._on_client_generation_interrupted),
+            (backend.draft_received, self._on_client_draft_received),
+            (backend.draft_arrived, self._on_client_draft_arrived),
+            (backend.canvas_committed, self._on_client_canvas_committed),
+            (backend.generation_finished, self._on_client_generation_finished),
+            (backend.generation_failed, self._on_client_generation_failed),
+            (backend.generation_interrupted, self._on_client_generation_interrupted),
         ]
         for signal, slot in self._client_hooks:
             signal.connect(slot)
@@ -126,6 +137,17 @@ class ConversationController(QObject):
         for signal, slot in self._client_hooks:
             signal.disconnect(slot)
         self._client_hooks = []
+
+    def use_backend(self, backend: ChatBackend) -> bool:
+        """Sends the next replies to `backend` (refused while a reply is generating)."""
+        if self._active is not None:
+            return False
+        if backend is not self.backend:
+            self.close()
+            self.backend = backend
+            self._listen_to(backend)
+            self.backend_changed.emit(backend)
+        return True
 
     # ------------------------------------------------------------------ state
 
@@ -220,7 +242,7 @@ class ConversationController(QObject):
     def delete_conversation(self, conversation_id: str) -> None:
         """Hides a conversation; `undo_delete_conversation` brings it back (this session)."""
         if self._active and self._active.message.conversation_id == conversation_id:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
         if self._write(self.store.delete_conversation, conversation_id) is _FAILED:
             return
         if self.conversations.get(conversation_id) is not None:
@@ -261,7 +283,7 @@ class ConversationController(QObject):
     def stop(self) -> None:
         """Cancels the streaming reply; it ends as "stopped" with its committed text."""
         if self._active is not None:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
 
     def regenerate(self) -> str | None:
         """Drops the last assistant reply of the open conversation and asks again."""
@@ -315,13 +337,19 @@ class ConversationController(QObject):
 
     def _start_reply(self, conversation_id: str) -> str:
         history = self.history_for_reply()
-        reply = Message(role="assistant", content="", conversation_id=conversation_id, status="streaming")
+        reply = Message(
+            role="assistant",
+            content="",
+            conversation_id=conversation_id,
+            status="streaming",
+            answered_by=answered_by(self.backend),
+        )
         self._add(reply)
         chat_settings = self._chat_settings.get(conversation_id)
         # The worker keys its KV cache by conversation_id and reuses it only while the rendered
         # prompt (system prompt included) starts with the cached tokens, so a changed system
         # prompt re-encodes the chat (tests/gui/test_chat_panel.py checks it through the worker).
-        request_id = self.client.generate(
+        request_id = self.backend.generate(
             conversation_id,
             history,
             chat_settings.system_prompt,
@@ -369,6 +397,14 @@ class ConversationController(QObject):
             return
         stats = dataclasses.asdict(done.stats)
         stats["finish_reason"] = done.finish_reason
+        if not done.stats.decoder_forwards:
+            # A remote server reports no forwards or steps (and tokens only with `usage`): no
+            # made-up zeros under the reply; its first result is a whole canvas, not a draft.
+            for name in ("decoder_forwards", "tokens_per_forward", "steps_per_canvas"):
+                stats.pop(name)
+            if not done.stats.new_tokens:
+                stats.pop("tokens_per_s")
+            stats["time_to_first_canvas_s"] = stats.pop("time_to_first_draft_s")
         if done.reasoning:
             stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"
@@ -406,7 +442,7 @@ class ConversationController(QObject):
             self._finish_reply(
                 "interrupted",
                 self._with_visible_draft(self._active.message.content),
-                error="The engine stopped during this reply.",
+                error=getattr(self.backend, "interrupted_text", "The engine stopped during this reply."),
             )
 
     # ------------------------------------------------------------------ store + transcript

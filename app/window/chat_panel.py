@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.chat.backend import answered_by
 from app.chat.chat_settings import ChatSettings
 from app.settings import save_settings
 from app.window.seed_edit import SeedEdit
@@ -39,6 +40,7 @@ log = logging.getLogger("canvas_chat.chat_panel")
 PRESET_LABELS = {"fast": "Fast", "balanced": "Balanced", "quality": "Quality", "custom": "Custom"}
 PANEL_WIDTH = 280
 BACKEND_LOCAL = "Local engine on this PC"
+BACKEND_REMOTE = "Remote server (OpenAI-compatible API)"
 
 
 def _bounds(name: str) -> tuple:
@@ -223,6 +225,14 @@ class ChatPanel(QFrame):
         self.backend_label.setText(f"<b>Backend</b><br>{html.escape(backend)}")
         self.backend_label.setAccessibleName(f"Backend: {backend}")
 
+    def show_remote(self, label: str) -> None:
+        """Replies come from a server (label: app.chat.backend.answered_by, "Remote · model at host")."""
+        model = label.split(" \u00b7 ", 1)[-1]
+        self.model_label.setText(f"<b>Model</b><br>{html.escape(model)}")
+        self.model_label.setAccessibleName(f"Model: {model}")
+        self.backend_label.setText(f"<b>Backend</b><br>{BACKEND_REMOTE}")
+        self.backend_label.setAccessibleName(f"Backend: {BACKEND_REMOTE}")
+
     def shown_settings(self) -> ChatSettings:
         """The settings as the panel shows them now (maybe with problems)."""
         base = dataclasses.replace(
@@ -314,11 +324,15 @@ def attach_chat_panel(window) -> ChatPanel:
     panel.setVisible(window.settings.chat_panel_open)
 
     def follow_model(*_args) -> None:
-        backend = getattr(window.client, "backend_description", BACKEND_LOCAL)
-        panel.show_model(window.client.model_info, backend if isinstance(backend, str) else BACKEND_LOCAL)
+        backend = window.controller.backend
+        if backend is window.client:
+            panel.show_model(window.client.model_info)
+        else:
+            panel.show_remote(answered_by(backend))
 
     window.client.model_loaded.connect(follow_model)
     window.client.state_changed.connect(follow_model)
+    window.controller.backend_changed.connect(follow_model)
     follow_model()
     window.chat_panel_action = action
     return panel

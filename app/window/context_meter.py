@@ -121,7 +121,8 @@ def attach_context_meter(window) -> ContextMeter:
     controller, client = window.controller, window.client
 
     def refresh(*_args) -> None:
-        info = client.model_info
+        local = controller.backend is client
+        info = client.model_info if local else None  # a server's window is not known here
         context_window = getattr(info, "context_window", 0) if info is not None else 0
         canvas = getattr(info, "canvas_length", 0) if info is not None else 0
         room = reply_room(controller.chat_settings.max_new_tokens, canvas)
@@ -132,6 +133,7 @@ def attach_context_meter(window) -> ContextMeter:
     controller.reply_finished.connect(refresh)
     controller.chat_settings_changed.connect(refresh)
     client.model_loaded.connect(refresh)
+    controller.backend_changed.connect(refresh)
     window.composer.edit.textChanged.connect(lambda: meter.update_draft(window.composer.text()))
     status_bar = window.statusBar() if hasattr(window, "statusBar") else None
     if status_bar is not None:

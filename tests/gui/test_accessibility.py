@@ -225,3 +225,17 @@ def test_a_reply_in_progress_is_announced_by_canvas_not_by_its_noise(qtbot, tiny
         main.client.shutdown()
         store.close()
         main.deleteLater()
+
+
+def test_the_panel_and_meter_follow_a_switch_to_a_server(window):
+    from app.remote.backend import RemoteBackend
+    from app.remote.server import RemoteServer
+
+    panel, meter = window.chat_panel, window.context_meter
+    assert "Local engine on this PC" in panel.backend_label.text()
+    backend = RemoteBackend(RemoteServer("http://gpu-box:8000/v1", "gemma"), window)
+    assert window.controller.use_backend(backend)
+    assert "Remote server" in panel.backend_label.text() and "gemma at gpu-box:8000" in panel.model_label.text()
+    assert meter.label.text().endswith("/ ?")  # a server's window is not known
+    assert window.controller.use_backend(window.client)
+    assert "Local engine on this PC" in panel.backend_label.text()
