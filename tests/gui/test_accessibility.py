@@ -227,11 +227,16 @@ def test_a_reply_in_progress_is_announced_by_canvas_not_by_its_noise(qtbot, tiny
         main.deleteLater()
 
 
-def test_the_panel_and_meter_follow_a_switch_to_a_server(window):
+def test_the_panel_and_meter_follow_a_switch_to_a_server(window, monkeypatch):
     from app.remote.backend import RemoteBackend
     from app.remote.server import RemoteServer
+    from engine.protocol import ModelLoaded
 
+    local_model = ModelLoaded("r", "demo", "/demo", "cpu", "none", 16, 1000, 0.1, True, context_window=4096)
+    monkeypatch.setattr(EngineClient, "model_info", property(lambda self: local_model))
     panel, meter = window.chat_panel, window.context_meter
+    window.controller.open_conversation(window.controller.current_conversation_id)
+    assert meter.label.text().endswith("/ 4,096")
     assert "Local engine on this PC" in panel.backend_label.text()
     backend = RemoteBackend(RemoteServer("http://gpu-box:8000/v1", "gemma"), window)
     assert window.controller.use_backend(backend)
