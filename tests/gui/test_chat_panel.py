@@ -13,6 +13,7 @@ import pytest
 from app.chat import store as store_module
 from app.chat.chat_settings import ChatSettings
 from app.chat.controller import ConversationController
+from app.chat.messages import Message
 from app.chat.store import ChatStore
 from app.settings import Settings
 from app.window.chat_panel import ChatPanel
@@ -232,3 +233,35 @@ def test_meter_follows_the_engine_and_warns_before_an_overflow(controller, qtbot
 
     controller.new_conversation()
     assert meter.label.text() == "Context 0 / 4,096"
+
+
+@pytest.mark.qt_log_ignore("This plugin does not support (propagateSizeHints|raise)")
+def test_a_chats_settings_travel_through_json_export_and_import(qtbot, monkeypatch, tmp_path):
+    from PySide6.QtWidgets import QFileDialog
+
+    from app.window.main_window import MainWindow
+
+    store = ChatStore()
+    window = MainWindow(DEFAULTS, store, EngineClient())
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        window.controller.new_conversation()
+        window.chat_panel.system_prompt.setPlainText("Reply like a sailor.")
+        window.chat_panel.seed.setText("99")
+        mine = window.controller.chat_settings
+        chat = window.controller.current_conversation_id
+        store.add_message(Message(role="user", content="Ahoy?", conversation_id=chat))
+        target = tmp_path / "chat"
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), a[3] if len(a) > 3 else ""))
+        window.chat_files.export_chat_action.trigger()
+        with qtbot.waitSignal(window.chat_files.exported):
+            window.chat_files.options_dialog.accept()
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tmp_path / "chat.json"), ""))
+        with qtbot.waitSignal(window.chat_files.imported):
+            window.chat_files.import_action.trigger()
+        assert window.controller.chat_settings == mine  # the imported copy, now open
+        assert window.chat_panel.system_prompt.toPlainText() == "Reply like a sailor." and window.chat_panel.seed.text() == "99"
+    finally:
+        window.close()
+        store.close()
