@@ -91,10 +91,14 @@ def test_clicking_a_thumbnail_opens_that_image_fitted_and_esc_closes_it(window, 
 
 def test_a_click_beside_the_thumbnails_opens_nothing(window, qtbot):
     view = window.transcript_view
-    point = _thumbnail_center(window, 0)
+    x = _thumbnail_center(window, 0).x()
     geometry = view.delegate.row_geometry(view.model().index(0, 0))
-    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(point.x(), geometry.content_top + 4))
-    assert view.image_viewer is None and view.selected_message_id() == window.controller.transcript[0].id
+    thumbnails_top = geometry.bubble.top() + BUBBLE_PAD_Y
+    for y in (thumbnails_top - 4, geometry.content_top + 4):  # the bubble's padding above them, the text below
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, y))
+        assert view.image_viewer is None and view.selected_message_id() == window.controller.transcript[0].id
+    with qtbot.waitSignal(view.image_opened):  # just inside the first one's top edge
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, thumbnails_top + 2))
 
 
 @pytest.mark.qt_log_ignore("This plugin does not support grabbing the keyboard")  # the offscreen plugin, for a popup
