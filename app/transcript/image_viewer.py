@@ -30,9 +30,13 @@ class ImageViewer(QDialog):
         self.image_label.setObjectName("imageViewerImage")
         self.image_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.image_label.setMinimumSize(1, 1)  # so the window can shrink below the image
+        self.caption = QLabel(self)
+        self.caption.setObjectName("imageViewerCaption")
+        self.caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(MARGIN, MARGIN, MARGIN, MARGIN)
-        layout.addWidget(self.image_label)
+        layout.addWidget(self.image_label, 1)
+        layout.addWidget(self.caption)
         self.show_image(number)
         self.resize(self._first_size())
 
@@ -54,6 +58,8 @@ class ImageViewer(QDialog):
         self.image_label.setAccessibleName(text)
         more = "; Left and Right show the others" if len(self.attachments) > 1 else ""
         self.image_label.setAccessibleDescription(f"The image at full size{more}; Esc closes")
+        keys = " \u00b7 \u2190 \u2192 the others" if len(self.attachments) > 1 else ""
+        self.caption.setText(f"{describe(attachment)}{of}{keys} \u00b7 Esc closes")
         self._fit()
 
     def shown_size(self) -> QSize:
@@ -65,6 +71,7 @@ class ImageViewer(QDialog):
         screen = (self.parentWidget().screen() if self.parentWidget() else None) or QGuiApplication.primaryScreen()
         room = screen.availableGeometry().size() * 0.85 if screen is not None else QSize(1024, 768)
         wanted = self._pixmap.size() if not self._pixmap.isNull() else QSize(360, 120)
+        wanted.setHeight(wanted.height() + self.caption.sizeHint().height() + self.layout().spacing())
         return wanted.grownBy(self.layout().contentsMargins()).boundedTo(room).expandedTo(QSize(200, 120))
 
     def _fit(self) -> None:
