@@ -35,6 +35,7 @@ def _variants(model) -> list[tuple[str, Any]]:
         for module in patched:
             module.__dict__.pop("forward", None)
         model.set_experts_implementation(q.NF4_EXPERTS_IMPLEMENTATION)
+        model.set_attn_implementation("sdpa")
 
     def fused_experts():  # the default CUDA path (CANVAS_CHAT_NF4_KERNEL=auto): fused experts and norms
         stock()

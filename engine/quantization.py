@@ -415,13 +415,16 @@ def use_nf4_experts(model: nn.Module) -> str:
 
 
 def use_fused_path(model: nn.Module, *, linears: bool) -> None:
-    """The CUDA fast path: fused experts, fused RMSNorms and (`linears`) fused NF4 text linears.
-    The caller has checked that the kernels can run (`fused_kernel_unavailable_reason`)."""
+    """The CUDA fast path: fused experts, fused RMSNorms, the decoder's attention without `repeat_kv`
+    and (`linears`) fused NF4 text linears. The caller has checked that the kernels can run
+    (`fused_kernel_unavailable_reason`)."""
+    from engine.attention import use_packed_gqa_attention
     from engine.kernels.norms import use_fused_norms
 
     register_experts_implementation()
     model.set_experts_implementation(NF4_FUSED_EXPERTS_IMPLEMENTATION)
     use_fused_norms(model)
+    use_packed_gqa_attention(model)
     if linears:
         use_fused_nf4_linears(model)
 
