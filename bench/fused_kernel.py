@@ -128,6 +128,19 @@ def run(args) -> dict[str, Any]:
     return report
 
 
+def render(report: dict[str, Any]) -> str:
+    """The figures for bench/README.md: which GPU, ms per full-size decoder forward, tokens/s."""
+    lines = [f"{report['size']} architecture on {report['device']} (torch {report['torch']}), "
+             f"tokens/s at {STEPS_PER_CANVAS} steps per canvas"]
+    for r in report["runs"]:
+        diff = f"  logits vs stock {r['max_rel_logit_diff_vs_stock']:.1e}" if "max_rel_logit_diff_vs_stock" in r else ""
+        fell = f"  FELL BACK: {r['fell_back']}" if r.get("fell_back") else ""
+        lines.append(f"  {r['variant']:<18} decoder {r['decoder_ms_median']:>9} ms/forward (canvas {r['decoder_canvas']})"
+                     f"  {r['tokens_per_s_at_16_steps']:>8} tokens/s{diff}{fell}")
+    lines += [f"  skipped {line}" for line in report["skipped"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fused_kernel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("full", "small"), default="full")
@@ -137,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas", type=int, default=None, help="decoder canvas (default: the config's, 256)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--render", metavar="JSON", help="print the figures of a report this command wrote, and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render, encoding="utf-8") as file:
+            print(render(json.load(file)))
+        return 0
 
     import torch
 
@@ -146,17 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.prompt_tokens = args.prompt_tokens or (1024 if args.size == "full" else 128)
     report = run(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{report['size']} architecture on {report['device']} (torch {report['torch']}), "
-              f"tokens/s at {STEPS_PER_CANVAS} steps per canvas")
-        for r in report["runs"]:
-            diff = f"  logits vs stock {r['max_rel_logit_diff_vs_stock']:.1e}" if "max_rel_logit_diff_vs_stock" in r else ""
-            print(f"  {r['variant']:<18} decoder {r['decoder_ms_median']:>9} ms/forward (canvas {r['decoder_canvas']})"
-                  f"  {r['tokens_per_s_at_16_steps']:>8} tokens/s{diff}")
-        for line in report["skipped"]:
-            print(f"  skipped {line}")
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 
