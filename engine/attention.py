@@ -17,11 +17,14 @@ ATTENTION_IMPLEMENTATION = "canvas_sdpa"
 def packed_gqa_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          is_causal: bool | None = None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
 
     groups = getattr(module, "num_key_value_groups", 1)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if groups == 1 or attention_mask is not None or causal or dropout or kwargs.get("softcap") is not None:
+    # Where SDPA reads the shared heads itself (enable_gqa: no mask, head dim <= 256), it is left to.
+    sdpa_reads_shared_heads = use_gqa_in_sdpa(attention_mask, key, value)
+    if groups == 1 or sdpa_reads_shared_heads or attention_mask is not None or causal or dropout \
+            or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, rows, head_dim = query.shape
