@@ -19,6 +19,10 @@ Methods
     edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
     replay_player(message_id, speed) -> ReplayPlayer | None
     close()                                      disconnects from the client (call on window close)
+    use_backend(backend) -> bool                 replies come from `backend` from now on (the local
+                                                 EngineClient or an app.remote RemoteBackend); False
+                                                 while a reply is generating
+    backend (attribute)                          where the next reply comes from (a ChatBackend)
     settings (attribute)                         an app.settings.Settings used for the next reply
 
 Signals
@@ -47,6 +51,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
+from app.chat.backend import ChatBackend, answered_by
 from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
@@ -97,6 +102,7 @@ class ConversationController(QObject):
         super().__init__(parent)
         self.store = store
         self.client = client
+        self.backend: ChatBackend = client
         self.settings = settings or Settings()
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
@@ -107,13 +113,17 @@ class ConversationController(QObject):
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
         # The thinking toggle, per conversation ("" = the chat not created yet); this session only.
         self._thinking: dict[str, bool] = {}
+        self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
+        self._listen_to(client)
+
+    def _listen_to(self, backend: ChatBackend) -> None:
         self._client_hooks = [
-            (client.draft_received, self._on_client_draft_received),
-            (client.draft_arrived, self._on_client_draft_arrived),
-            (client.canvas_committed, self._on_client_canvas_committed),
-            (client.generation_finished, self._on_client_generation_finished),
-            (client.generation_failed, self._on_client_generation_failed),
-            (client.generation_interrupted, self._on_client_generation_interrupted),
+            (backend.draft_received, self._on_client_draft_received),
+            (backend.draft_arrived, self._on_client_draft_arrived),
+            (backend.canvas_committed, self._on_client_canvas_committed),
+            (backend.generation_finished, self._on_client_generation_finished),
+            (backend.generation_failed, self._on_client_generation_failed),
+            (backend.generation_interrupted, self._on_client_generation_interrupted),
         ]
         for signal, slot in self._client_hooks:
             signal.connect(slot)
@@ -123,6 +133,16 @@ class ConversationController(QObject):
         for signal, slot in self._client_hooks:
             signal.disconnect(slot)
         self._client_hooks = []
+
+    def use_backend(self, backend: ChatBackend) -> bool:
+        """Sends the next replies to `backend` (refused while a reply is generating)."""
+        if self._active is not None:
+            return False
+        if backend is not self.backend:
+            self.close()
+            self.backend = backend
+            self._listen_to(backend)
+        return True
 
     # ------------------------------------------------------------------ state
 
@@ -186,7 +206,7 @@ class ConversationController(QObject):
     def delete_conversation(self, conversation_id: str) -> None:
         """Hides a conversation; `undo_delete_conversation` brings it back (this session)."""
         if self._active and self._active.message.conversation_id == conversation_id:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
         if self._write(self.store.delete_conversation, conversation_id) is _FAILED:
             return
         if self.conversations.get(conversation_id) is not None:
@@ -227,7 +247,7 @@ class ConversationController(QObject):
     def stop(self) -> None:
         """Cancels the streaming reply; it ends as "stopped" with its committed text."""
         if self._active is not None:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
 
     def regenerate(self) -> str | None:
         """Drops the last assistant reply of the open conversation and asks again."""
@@ -281,9 +301,15 @@ class ConversationController(QObject):
 
     def _start_reply(self, conversation_id: str) -> str:
         history = self.history_for_reply()
-        reply = Message(role="assistant", content="", conversation_id=conversation_id, status="streaming")
+        reply = Message(
+            role="assistant",
+            content="",
+            conversation_id=conversation_id,
+            status="streaming",
+            answered_by=answered_by(self.backend),
+        )
         self._add(reply)
-        request_id = self.client.generate(
+        request_id = self.backend.generate(
             conversation_id,
             history,
             self.settings.system_prompt,
@@ -331,6 +357,14 @@ class ConversationController(QObject):
             return
         stats = dataclasses.asdict(done.stats)
         stats["finish_reason"] = done.finish_reason
+        if not done.stats.decoder_forwards:
+            # A remote server reports no forwards or steps (and tokens only with `usage`): no
+            # made-up zeros under the reply; its first result is a whole canvas, not a draft.
+            for name in ("decoder_forwards", "tokens_per_forward", "steps_per_canvas"):
+                stats.pop(name)
+            if not done.stats.new_tokens:
+                stats.pop("tokens_per_s")
+            stats["time_to_first_canvas_s"] = stats.pop("time_to_first_draft_s")
         if done.reasoning:
             stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"
@@ -368,7 +402,7 @@ class ConversationController(QObject):
             self._finish_reply(
                 "interrupted",
                 self._with_visible_draft(self._active.message.content),
-                error="The engine stopped during this reply.",
+                error=getattr(self.backend, "interrupted_text", "The engine stopped during this reply."),
             )
 
     # ------------------------------------------------------------------ store + transcript
