@@ -23,13 +23,15 @@ Methods
                                                  EngineClient or an app.remote RemoteBackend); False
                                                  while a reply is generating
     backend (attribute)                          where the next reply comes from (a ChatBackend)
-    settings (attribute)                         an app.settings.Settings used for the next reply
+    settings (attribute)                         an app.settings.Settings: the defaults new chats start from
+    chat_settings / set_chat_settings(cs)        the open chat's ChatSettings (saved with it), used by its next reply
 
 Signals
     reply_started(message_id)                    an assistant message was inserted, status "streaming"
     reply_finished(message_id, status)           "finished" | "stopped" | "interrupted" | "error"
     generating_changed(bool)
     conversation_opened(conversation_id)         "" when none is open
+    chat_settings_changed(ChatSettings)          the open chat's settings changed (edited, or new defaults)
     store_failed(text)                           a write failed (full disk, read-only); text is for the user.
                                                  Nothing is lost from memory, and refused writes are
                                                  retried before the next write.
@@ -47,11 +49,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PySide6.QtCore import QObject, Signal
 
 from app.chat.backend import ChatBackend, answered_by
+from app.chat.chat_settings import ChatSettings, ChatSettingsBook
 from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
@@ -64,6 +67,7 @@ from app.worker.engine_client import EngineClient
 from app.chat.replay import ReplayPlayer, ReplayRecorder
 from app.settings import Settings
 from app.chat.store import ChatStore, SearchHit, StoreWriteError
+from app.chat.attachments import ImageSource, chat_message_of, sources_of, write_image_files
 from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
 
 log = logging.getLogger("canvas_chat.controller")
@@ -90,6 +94,8 @@ class ConversationController(QObject):
     reply_finished = Signal(str, str)
     generating_changed = Signal(bool)
     conversation_opened = Signal(str)
+    chat_settings_changed = Signal(object)
+    backend_changed = Signal(object)  # the ChatBackend the next replies come from
     store_failed = Signal(str)
 
     def __init__(
@@ -103,7 +109,7 @@ class ConversationController(QObject):
         self.store = store
         self.client = client
         self.backend: ChatBackend = client
-        self.settings = settings or Settings()
+        self._settings = settings or Settings()
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
         self._active: _ActiveReply | None = None
@@ -111,8 +117,7 @@ class ConversationController(QObject):
         # whole messages whose insert failed, and fields of stored messages whose update failed.
         self._unsaved: dict[str, Message] = {}
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
-        # The thinking toggle, per conversation ("" = the chat not created yet); this session only.
-        self._thinking: dict[str, bool] = {}
+        self._chat_settings = ChatSettingsBook(store.conversation_settings, lambda: self._settings)
         self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
         self._listen_to(client)
 
@@ -142,6 +147,7 @@ class ConversationController(QObject):
             self.close()
             self.backend = backend
             self._listen_to(backend)
+            self.backend_changed.emit(backend)
         return True
 
     # ------------------------------------------------------------------ state
@@ -165,19 +171,49 @@ class ConversationController(QObject):
     # ------------------------------------------------------------------ conversations
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self.chat_settings_changed.emit(self.chat_settings)  # a chat without its own follows them
+
+    @property
+    def chat_settings(self) -> ChatSettings:
+        """The open conversation's settings (its next reply uses them)."""
+        return self._chat_settings.get(self.current_conversation_id)
+
+    def set_chat_settings(self, chat_settings: ChatSettings) -> None:
+        """Changes the open chat's settings and saves them with it (a chat not created yet gets them
+        when it is). Values outside engine.protocol.SETTING_RANGES are refused (ValueError)."""
+        problems = chat_settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        conversation_id = self.current_conversation_id
+        if chat_settings == self.chat_settings:
+            return
+        self._chat_settings.put(conversation_id, chat_settings)
+        if conversation_id:
+            self._write(self.store.save_conversation_settings, conversation_id, chat_settings.to_dict())
+        self.chat_settings_changed.emit(chat_settings)
+
+    @property
     def thinking(self) -> bool:
         """Whether replies in the open conversation think first (the model's thought channel)."""
-        return self._thinking.get(self.current_conversation_id, False)
+        return self.chat_settings.thinking
 
     def set_thinking(self, enabled: bool) -> None:
-        self._thinking[self.current_conversation_id] = enabled
+        self.set_chat_settings(dataclasses.replace(self.chat_settings, thinking=enabled))
 
     def new_conversation(self) -> Conversation | None:
         conversation = self._write(self.store.create_conversation)
         if conversation is None:
             return None
-        if self.current_conversation_id == "" and self._thinking.pop("", False):
-            self._thinking[conversation.id] = True  # toggled before the first message
+        # A chat starts from the defaults in Settings, or from the edits made before it existed.
+        pending = self._chat_settings.take_pending() if self.current_conversation_id == "" else self._chat_settings.defaults()
+        self._chat_settings.put(conversation.id, pending)
+        self._write(self.store.save_conversation_settings, conversation.id, pending.to_dict())
         self.conversations.insert(0, conversation)
         self.open_conversation(conversation.id)
         return conversation
@@ -196,6 +232,7 @@ class ConversationController(QObject):
                     messages.append(live)
             self.transcript.load(conversation_id, messages)
         self.conversation_opened.emit(conversation_id)
+        self.chat_settings_changed.emit(self.chat_settings)
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:
         title = title.strip() or DEFAULT_TITLE
@@ -227,19 +264,27 @@ class ConversationController(QObject):
 
     # ------------------------------------------------------------------ replies
 
-    def send(self, text: str) -> str | None:
-        """Sends a user message in the open conversation (a new one if none is open)."""
+    def send(self, text: str, images: Sequence[ImageSource] = ()) -> str | None:
+        """Sends a user message (with `images`, checked by the composer) in the open conversation
+        (a new one if none is open). None when nothing was sent (and nothing stored)."""
         text = text.strip()
-        if not text or self._active is not None:
+        if (not text and not images) or self._active is not None:
             return None
         if not self.current_conversation_id and self.new_conversation() is None:
             return None
         conversation_id = self.current_conversation_id
         user_message = Message(role="user", content=text, conversation_id=conversation_id, status="sending")
+        if images:
+            try:
+                stored = write_image_files(self.store.images_root, conversation_id, user_message.id, list(images))
+            except OSError as exc:
+                self.store_failed.emit(f"Could not save the image(s) with the chat: {exc}. Nothing was sent.")
+                return None
+            user_message.attachments = tuple(stored)
         self._add(user_message)
         conversation = self.conversations.get(conversation_id)
         if conversation is not None and conversation.title == DEFAULT_TITLE:
-            self.rename_conversation(conversation_id, title_from(text))
+            self.rename_conversation(conversation_id, title_from(text or images[0].name))
         message_id = self._start_reply(conversation_id)
         self._set_status(user_message, "finished")
         return message_id
@@ -279,8 +324,10 @@ class ConversationController(QObject):
             and conversation.title == title_from(message.content)
         ):
             self.rename_conversation(conversation.id, title_from(text))
+        # The message's images go with the new text (read before their files are deleted with it).
+        images = sources_of(message.attachments)
         self._remove_from(message_id)
-        return self.send(text)
+        return self.send(text, images)
 
     def replay_player(self, message_id: str, speed: float | None = None) -> ReplayPlayer | None:
         message = self.transcript.get(message_id)
@@ -296,7 +343,7 @@ class ConversationController(QObject):
                 continue
             if message.status == "streaming":
                 continue
-            history.append(ChatMessage(role=message.role, content=message.content))
+            history.append(chat_message_of(message))
         return history
 
     def _start_reply(self, conversation_id: str) -> str:
@@ -309,12 +356,16 @@ class ConversationController(QObject):
             answered_by=answered_by(self.backend),
         )
         self._add(reply)
+        chat_settings = self._chat_settings.get(conversation_id)
+        # The worker keys its KV cache by conversation_id and reuses it only while the rendered
+        # prompt (system prompt included) starts with the cached tokens, so a changed system
+        # prompt re-encodes the chat (tests/gui/test_chat_panel.py checks it through the worker).
         request_id = self.backend.generate(
             conversation_id,
             history,
-            self.settings.system_prompt,
-            self.settings.generation_settings(),
-            thinking=self._thinking.get(conversation_id, False),
+            chat_settings.system_prompt,
+            chat_settings.generation_settings(),
+            thinking=chat_settings.thinking,
         )
         self._active = _ActiveReply(request_id, reply, ReplayRecorder())
         self.reply_started.emit(reply.id)

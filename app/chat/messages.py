@@ -67,6 +67,7 @@ class Message:
     id: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    attachments: tuple[Any, ...] = ()  # app.chat.attachments.Attachment: images of a user message
     # Not persisted: the open canvas while the reply streams (None otherwise).
     draft: DraftState | None = None
 

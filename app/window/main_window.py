@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QVBo
 
 from app.setup.model_choice import ModelChoice, choose_model
 from app.window.composer import Composer
+from app.window.attachment_strip import attach_state
 from app.chat.controller import ConversationController
 from app.window.engine_status import EngineBanner, EngineStatus
 from app.worker.engine_client import EngineClient, EngineState
@@ -30,6 +31,10 @@ from app.remote.connection import attach_remote_connection
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.thinking_toggle import attach_thinking_toggle
+from app.window.about import attach_about
+from app.window.accessibility import attach_accessibility
+from app.window.chat_panel import attach_chat_panel
+from app.window.context_meter import attach_context_meter
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
 from app.transcript.replay_bar import attach_replay_bar
@@ -119,12 +124,16 @@ class MainWindow(QMainWindow):
         self.chat_files = attach_chat_files(self)
         self.replay_bar = attach_replay_bar(self)
         self.remote = attach_remote_connection(self)
+        self.chat_panel = attach_chat_panel(self)
+        self.context_meter = attach_context_meter(self)
+        self.about_action = attach_about(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
             self.controller.open_conversation(self.controller.conversations[0].id)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
+        attach_accessibility(self)
         self.composer.edit.setFocus()
 
     # ------------------------------------------------------------------ building
@@ -257,6 +266,7 @@ class MainWindow(QMainWindow):
             self.banner.kind = ""
         self._on_client_state_changed(self.client.state)
         self._update_empty_state()
+        self.composer.attach_button.set_model_accepts_images(*attach_state(info, remote=self.remote.backend is not None))
         self.model_ready.emit(info)
 
     def _on_client_worker_crashed(self, exit_code: int, log_lines: list) -> None:
@@ -334,15 +344,18 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ replies
 
-    def send(self, text: str) -> str | None:
-        """Sends a message as if typed (returns the reply's message id, or None)."""
-        message_id = self.controller.send(text)
+    def send(self, text: str, images: list | None = None) -> str | None:
+        """Sends a message as if typed, with images (`ImageSource`s) if given (returns the reply's
+        message id, or None)."""
+        message_id = self.controller.send(text, images or [])
         self.sidebar.refresh_search()
         return message_id
 
     def _on_composer_send_requested(self, text: str) -> None:
-        if self.send(text) is None:
+        if self.send(text, self.composer.attachments.sources()) is None:
             self.composer.set_text(text)
+        else:
+            self.composer.attachments.clear()
 
     def _on_composer_edit_submitted(self, message_id: str, text: str) -> None:
         if self.controller.edit_and_resend(message_id, text) is None:
