@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QPoint, QSize, Qt, QTimer
-from PySide6.QtGui import QAccessible, QColor, QContextMenuEvent, QImage
+from PySide6.QtGui import QAccessible, QContextMenuEvent
 from PySide6.QtWidgets import QApplication, QMenu
 
-from app.chat.attachments import ImageSource, write_image_files
+from app.chat.attachments import write_image_files
 from app.chat.messages import Message
 from app.chat.store import ChatStore
 from app.settings import Settings
