@@ -479,7 +479,7 @@ class MainWindow(QMainWindow):
 
     def open_settings(self) -> SettingsDialog:
         if self._settings_dialog is None:
-            self._settings_dialog = SettingsDialog(self.settings, self)
+            self._settings_dialog = SettingsDialog(self.settings, self, current=lambda: self.settings)
             self._settings_dialog.settings_accepted.connect(self._on_settings_dialog_settings_accepted)
             self._settings_dialog.finished.connect(self._on_settings_dialog_finished)
         self._settings_dialog.open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
 import dataclasses
+from collections.abc import Callable
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -31,15 +32,18 @@ THEME_LABELS = {"system": "Follow the system", "light": "Light", "dark": "Dark"}
 
 
 class SettingsDialog(QDialog):
-    """Edits a copy of the settings; `settings_accepted` carries the result when OK is pressed."""
+    """Edits the settings it shows; when OK is pressed `settings_accepted` carries the settings as
+    they are then (`current`, e.g. with a server connected meanwhile) with only this dialog's
+    fields replaced, so that accepting never writes back values someone else changed."""
 
     settings_accepted = Signal(object)
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None):
+    def __init__(self, settings: Settings, parent: QWidget | None = None, current: Callable[[], Settings] | None = None):
         super().__init__(parent)
         self.setObjectName("settingsDialog")
         self.setWindowTitle("Settings")
         self._settings = settings
+        self._current = current or (lambda: self._settings)
         self._updating = False
 
         self.system_prompt = QPlainTextEdit(self)
@@ -139,10 +143,10 @@ class SettingsDialog(QDialog):
         self._updating = False
         self._validate()
 
-    def edited_settings(self) -> Settings:
-        """The settings as the dialog shows them now."""
+    def edited_settings(self, base: Settings | None = None) -> Settings:
+        """`base` (default: the settings the dialog opened with) with the fields this dialog edits as it shows them now."""
         base = dataclasses.replace(
-            self._settings,
+            base or self._settings,
             system_prompt=self.system_prompt.toPlainText(),
             max_new_tokens=self.max_new_tokens.value(),
             theme=self.theme.currentData(),
@@ -188,7 +192,7 @@ class SettingsDialog(QDialog):
     def _on_buttons_accepted(self) -> None:
         if self._validate():
             return
-        self.settings_accepted.emit(self.edited_settings())
+        self.settings_accepted.emit(self.edited_settings(self._current()))
         self.accept()
 
 

@@ -244,3 +244,15 @@ def test_another_model_is_allowed_with_a_note_and_shown_as_plain_text_then_local
     assert not window.remote.backend_label.isVisibleTo(window) and window.engine_status.isVisibleTo(window)
     assert load_settings().remote_enabled is False
     assert starts == [()]  # this PC's model is loaded now that it answers again
+
+
+def test_settings_accepted_while_a_server_was_connected_keep_the_connection(qtbot, window, api_server):
+    # The user opens Settings, connects to a server from the Model menu, then presses OK in Settings.
+    settings_dialog = window.open_settings()
+    connect(qtbot, window, api_server)
+    settings_dialog.max_new_tokens.setValue(512)
+    qtbot.mouseClick(settings_dialog.ok_button, Qt.MouseButton.LeftButton)
+    saved = load_settings()
+    assert saved.max_new_tokens == 512  # the dialog's own edit is applied ...
+    assert (saved.remote_enabled, saved.remote_url, saved.remote_model) == (True, api_server.base_url, MODEL)
+    assert window.settings.remote_enabled and window.remote.backend is not None  # ... and the connection kept
