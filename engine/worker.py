@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -27,6 +28,8 @@ log = logging.getLogger("canvas_chat.engine.worker")
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_PROTOCOL_MISMATCH = 3
+# How long a worker whose GUI is gone (stdin closed) may finish its current step before it exits anyway.
+EOF_GRACE_S = 5.0
 
 
 class Engine:
@@ -500,7 +503,7 @@ def _out_of_memory_message() -> str:
     )
 
 
-def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
+def serve(stdin: IO[bytes], stdout: IO[str], on_stdin_closed: Callable[[], None] = lambda: None) -> int:
     cancels = CancelRegistry()
     requests: queue.Queue = queue.Queue()
 
@@ -514,7 +517,7 @@ def serve(stdin: IO[bytes], stdout: IO[str]) -> int:
     engine = Engine(channel.send, cancels)
     engine.submit = requests.put
     reader = threading.Thread(
-        target=read_requests, args=(stdin, requests, cancels, channel.send), name="request-reader", daemon=True
+        target=read_requests, args=(stdin, requests, cancels, channel.send, on_stdin_closed), name="request-reader", daemon=True
     )
     reader.start()
     status = EXIT_OK
@@ -551,6 +554,20 @@ def _setup_logging() -> None:
     faulthandler.enable(sys.stderr)
 
 
+def _exit_unless_done_within(grace_s: float) -> None:
+    """Armed at stdin's end: the loop was told to stop after its current step; a step (or a load)
+    that outlasts `grace_s` (hung, or very long) must not keep an orphan holding the GPU."""
+
+    def exit_now() -> None:
+        log.error("stdin closed %.0f s ago and the engine is still busy: exiting now", grace_s)
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
+
+    timer = threading.Timer(grace_s, exit_now)
+    timer.daemon = True
+    timer.start()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Nothing leaves the machine but model downloads the user asked for.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -561,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
     log.info("engine worker %s started (pid %s, protocol %s)", __version__, os.getpid(), p.PROTOCOL_VERSION)
-    status = serve(sys.stdin.buffer, protocol_out)
+    status = serve(sys.stdin.buffer, protocol_out, lambda: _exit_unless_done_within(EOF_GRACE_S))
     try:
         protocol_out.close()
     except OSError:

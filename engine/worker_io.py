@@ -161,11 +161,14 @@ class IoFailure:
     reason: str
 
 
-def read_requests(stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegistry, emit) -> None:
+def read_requests(
+    stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegistry, emit, on_eof: Callable[[], None] = lambda: None
+) -> None:
     """Reader thread: decodes lines; cancels act at once, everything else is queued in order.
 
     A line it cannot read, for whatever reason, is answered with `malformed_message` and
     skipped; if reading itself fails the loop is told, so the worker exits instead of going deaf.
+    At stdin's end, whatever runs is cancelled (it stops after its current step) and `on_eof` is called.
     """
     try:
         while True:
@@ -196,6 +199,7 @@ def read_requests(stdin: IO[bytes], requests: queue.Queue, cancels: CancelRegist
     log.info("stdin closed: the GUI is gone, shutting down")
     cancels.everything.set()
     requests.put(None)
+    on_eof()
 
 
 def _skip_rest_of_line(stdin: IO[bytes]) -> None:

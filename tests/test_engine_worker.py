@@ -287,6 +287,18 @@ def test_closing_stdin_ends_the_worker_even_mid_generation(tiny_model_dir):
         assert process.close(timeout=30) == 0
 
 
+@pytest.mark.log_expected("stdin closed 5 s ago and the engine is still busy")
+def test_closing_stdin_during_a_step_that_does_not_end_still_ends_the_worker(tiny_model_dir):
+    # Each step takes ten minutes (as a hung GPU step would): the cancel between steps never comes.
+    with WorkerProcess(CANVAS_CHAT_TEST_STEP_DELAY="600") as process:
+        process.hello()
+        process.load(tiny_model_dir)
+        process.send(p.Generate(new_id(), [user("Hi")], settings=p.GenerationSettings(max_new_tokens=64)))
+        assert isinstance(process.next_event(), p.Draft)
+        assert process.close(timeout=120) == 1  # by itself, well before the step would end
+        assert any("stdin closed" in line and "still busy" in line for line in process.stderr_lines)
+
+
 def test_stdout_carries_nothing_but_protocol_lines(worker):
     generate(worker, [user("Hi")], seed=5, max_new_tokens=32)
     for line in worker.raw_lines:
