@@ -277,11 +277,16 @@ class _LoopCounters:
     past_key_values: Any = None
 
 
-def _until_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
-    for position, token in enumerate(ids):
+def _until_eos(ids: Sequence[int], eos_ids: set[int], pad_id: int | None = None) -> tuple[list[int], bool]:
+    """A canvas's tokens before its first EOS, without the pad tokens a model may draw among them
+    (they decode to nothing, and a reply's `token_ids` carry none: docs/protocol.md)."""
+    kept: list[int] = []
+    for token in ids:
         if token in eos_ids:
-            return list(ids[:position]), True
-    return list(ids), False
+            return kept, True
+        if token != pad_id:
+            kept.append(token)
+    return kept, False
 
 
 def _denoise(
@@ -393,7 +398,7 @@ def _denoise(
             stopping_criteria=ar_stopping, canvas_length=canvas_length, eos_tensor=eos_tensor,
         )
         counters.sequences = input_ids
-        ids, reached_eos = _until_eos(input_ids[0, -canvas_length:].tolist(), eos_ids)
+        ids, reached_eos = _until_eos(input_ids[0, -canvas_length:].tolist(), eos_ids, config.pad_token_id)
         counters.reply_ids.extend(ids)
         counters.reached_eos = reached_eos
         observer.on_canvas(CanvasReport(counters.canvas_index, ids, counters.step_index, reached_eos))

@@ -132,3 +132,22 @@ def test_training_chats_never_contain_a_held_out_question_and_fit_the_window():
     assert {len(c.history) for c in chats} == set(range(MAX_PRIOR_TURNS + 1))
     for chat in chats:
         assert chat.question not in held_out and not {q for q, _ in chat.history} & held_out
+
+
+def test_a_replys_token_ids_in_done_carry_no_pad_even_where_the_model_draws_pads():
+    """One denoising step on a question the demo never learnt: its canvases are full of pad ids
+    (0) among the words; `done.token_ids` is the reply without them (docs/protocol.md)."""
+    from engine import protocol as p
+    from tests.worker_process import WorkerProcess, new_id, user
+
+    with WorkerProcess() as process:
+        process.hello()
+        assert isinstance(process.load(DEMO_MODEL)[-1], p.ModelLoaded)
+        settings = p.GenerationSettings(seed=1, max_new_tokens=64, max_denoising_steps=1)
+        events = process.request(p.Generate(new_id(), [user("xyzzy plugh")], settings=settings))
+        done = events[-1]
+        assert isinstance(done, p.Done), done
+        assert done.token_ids and 0 not in done.token_ids
+        committed = [e for e in events if isinstance(e, p.CanvasCommitted)]
+        assert sum(e.token_count for e in committed) == len(done.token_ids) == done.stats.new_tokens
+        assert process.close() == 0
