@@ -24,18 +24,23 @@ REPORT_SCHEMA = 1
 GIB = 1024**3
 
 # The simple estimate, used when engine.planner cannot answer (its figures for this model at
-# 8k tokens; MODEL_NOTES.md "Size and memory"): NF4 weights with the experts quantized, an
-# 8k-token KV cache, one 256-token step's activations, the CUDA context and fragmentation.
+# 8k tokens; MODEL_NOTES.md "Size and memory"): NF4 weights with the experts quantized, the bf16
+# vision tower, the preallocated KV cache (sliding buffers of two windows and two canvases, full
+# buffers by doubling from 256 tokens) and the copy of it a turn keeps, the 8k-token prompt's
+# activations, the CUDA context and fragmentation.
 NF4_WEIGHTS_BYTES = 15_280_000_000
+VISION_WEIGHTS_BYTES = 1_146_000_000
 KV_BYTES_PER_TOKEN_FULL = 20_480
-KV_BYTES_SLIDING_CAP = 204_800 * 1_023
+KV_BYTES_SLIDING_BUFFERS = 204_800 * (2 * 1_023 + 2 * 256)
 ACTIVATIONS_BYTES = 2_090_000_000
 # CUDA context plus allocator fragmentation, as engine.planner counts them for this model.
-OVERHEAD_BYTES = 1_690_000_000
+OVERHEAD_BYTES = 1_800_000_000
 DEFAULT_CONTEXT_TOKENS = 8192
 # CUDA builds of torch 2.6+ target Turing (RTX 20 series, 7.5) and newer.
 MIN_COMPUTE_CAPABILITY = (7, 5)
 LOW_RAM_BYTES = 16 * GIB
+# Verdict codes under which the real model runs on this PC.
+RUNNABLE_CODES = ("ok", "ok_shorter_context", "ok_without_images")
 
 
 # ---------------------------------------------------------------------------- torch
@@ -74,21 +79,34 @@ def probe_torch(problems: list[str]) -> dict[str, Any]:
 
 
 def estimate_plan(context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any]:
-    kv = KV_BYTES_SLIDING_CAP + KV_BYTES_PER_TOKEN_FULL * context_tokens
+    full_tokens = 256
+    while full_tokens < context_tokens:
+        full_tokens *= 2
+    kv = 2 * (KV_BYTES_SLIDING_BUFFERS + KV_BYTES_PER_TOKEN_FULL * full_tokens)
+    weights = NF4_WEIGHTS_BYTES + VISION_WEIGHTS_BYTES
     return {
         "source": "estimate",
         "quantization": "nf4",
+        "vision": True,
+        "vision_bytes": VISION_WEIGHTS_BYTES,
         "context_tokens": context_tokens,
-        "weights_bytes": NF4_WEIGHTS_BYTES,
+        "weights_bytes": weights,
         "kv_cache_bytes": kv,
         "activations_bytes": ACTIVATIONS_BYTES,
         "overhead_bytes": OVERHEAD_BYTES,
-        "total_bytes": NF4_WEIGHTS_BYTES + kv + ACTIVATIONS_BYTES + OVERHEAD_BYTES,
+        "total_bytes": weights + kv + ACTIVATIONS_BYTES + OVERHEAD_BYTES,
     }
 
 
-def planner_plan(gpu_memory_bytes: int | None, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> dict[str, Any] | None:
+def planner_plan(
+    gpu_memory_bytes: int | None, context_tokens: int = DEFAULT_CONTEXT_TOKENS, *, vision: bool = True
+) -> dict[str, Any] | None:
     """The memory planner's answer for a card of this size (None: ask for the requirement only).
+
+    `vision`: planned with image input, as the setup verdict assumes: the real model reads images
+    and the worker loads its vision tower when the first one is attached, so a chat with a picture
+    needs the tower's weights too. Such a plan also carries the text-only one's verdict
+    (`text_only_*`), for a card that fits text chats but not images.
 
     Returns None when the planner is not available or fails; the caller falls back to the
     simple estimate.
@@ -99,15 +117,21 @@ def planner_plan(gpu_memory_bytes: int | None, context_tokens: int = DEFAULT_CON
 
         config = load_config_dict(REAL_MODEL_ID)
         budget = gpu_memory_bytes if gpu_memory_bytes else 1024 * GIB
-        answer = plan_memory(config, "nf4", context_tokens, budget, model=REAL_MODEL_ID).to_dict()
+        answer = plan_memory(config, "nf4", context_tokens, budget, vision=vision, model=REAL_MODEL_ID)
+        text_only = plan_memory(config, "nf4", context_tokens, budget, model=REAL_MODEL_ID) if vision else None
     except Exception as exc:  # noqa: BLE001 - the estimate is a safe fallback
         log.warning("memory planner unavailable, using the simple estimate: %s", exc)
         return None
-    result = _plan_from_planner(answer, context_tokens)
+    result = _plan_from_planner(answer.to_dict(), context_tokens)
+    if result is not None:
+        result["vision"] = answer.vision
+        result["vision_bytes"] = answer.weights_breakdown.get("vision", 0)
+        if text_only is not None:
+            result["text_only_total_bytes"] = text_only.total_bytes
+            result["text_only_verdict"] = text_only.verdict
     if result is not None and not gpu_memory_bytes:
-        result.pop("fits", None)
-        result.pop("verdict", None)
-        result.pop("max_context_tokens", None)
+        for key in ("fits", "verdict", "max_context_tokens", "text_only_verdict"):
+            result.pop(key, None)
     return result
 
 
@@ -211,6 +235,16 @@ def make_verdict(
                 + ": Canvas Chat will use the built-in demo model on the CPU."
             )
             notes.append("Install the latest NVIDIA Game Ready or Studio driver, then restart Canvas Chat.")
+        elif not fits and plan.get("text_only_verdict") == "fits":
+            code = "ok_without_images"
+            text_need = int(plan.get("text_only_total_bytes") or need)
+            summary = (
+                f"This PC can run {REAL_MODEL_NAME} for text chats ({quant}, ~{gib(text_need)} of {gib(total)}), "
+                "but not with images."
+            )
+            notes.append(
+                f"A chat with an image also loads the vision tower: about {gib(need)} in all, more than this card has."
+            )
         elif not fits:
             code = "not_enough_vram"
             summary = (
@@ -221,20 +255,34 @@ def make_verdict(
         elif planned == "fits_shorter_context":
             code = "ok_shorter_context"
             limit = plan.get("max_context_tokens") or 0
-            summary = (
-                f"This PC can run {REAL_MODEL_NAME} ({quant}, {gib(total)} of VRAM) with conversations "
-                f"of up to {limit:,} tokens."
-            )
-            notes.append(f"Longer conversations ({plan.get('context_tokens', 0):,} tokens) need about {gib(need)}.")
+            context = plan.get("context_tokens", 0)
+            if plan.get("text_only_verdict") == "fits":
+                summary = (
+                    f"This PC can run {REAL_MODEL_NAME} ({quant}, {gib(total)} of VRAM): text chats of "
+                    f"{context:,} tokens, chats with an image of up to {limit:,} tokens."
+                )
+                notes.append(f"With an image, {context:,}-token conversations need about {gib(need)}.")
+            else:
+                summary = (
+                    f"This PC can run {REAL_MODEL_NAME} ({quant}, {gib(total)} of VRAM) with conversations "
+                    f"of up to {limit:,} tokens."
+                )
+                notes.append(f"Longer conversations ({context:,} tokens) need about {gib(need)}.")
         else:
             code = "ok"
-            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need)} of {gib(total)})."
+            images = " with image input" if plan.get("vision") else ""
+            summary = f"This PC can run {REAL_MODEL_NAME} ({quant}, ~{gib(need)} of {gib(total)}{images})."
+        if code in ("ok", "ok_shorter_context") and plan.get("vision"):
+            notes.append(
+                f"Planned with image input: the vision tower (about {gib(plan.get('vision_bytes'))}) "
+                "loads when you first attach an image."
+            )
         if code in ("ok", "ok_shorter_context") and free is not None and free < min(need, total or need):
             notes.append(
                 f"Only {gib(free)} of VRAM is free right now: close other programs that use the GPU "
                 "(games, other AI apps) before loading the model."
             )
-    can_run = code in ("ok", "ok_shorter_context")
+    can_run = code in RUNNABLE_CODES
     if can_run and not model_downloaded:
         if disk_free_bytes is not None and disk_free_bytes < DOWNLOAD_BYTES_ESTIMATE:
             notes.append(

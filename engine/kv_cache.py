@@ -18,9 +18,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-# The fewest tokens a buffer is made for; a full-attention buffer that runs out doubles (one copy
-# of the context, once per doubling, never per step).
-MIN_CAPACITY = 256
+from engine.planner import KV_MIN_BUFFER_TOKENS as MIN_CAPACITY
+from engine.planner import full_buffer_tokens, sliding_buffer_tokens
+
+# A full-attention buffer holds MIN_CAPACITY tokens doubled as often as needed; one that runs out
+# doubles (one copy of the context, once per doubling, never per step). The memory planner counts
+# the buffers with the same two functions.
 
 
 class _Buffers:
@@ -63,11 +66,11 @@ class PreallocatedLayer(DynamicLayer):
         super().__init__()
         self.buffers = _Buffers()
         self.length = 0
-        self.capacity_hint = max(capacity_hint, MIN_CAPACITY)
+        self.capacity_hint = full_buffer_tokens(capacity_hint)
 
     def _room(self, like: torch.Tensor, tokens: int) -> None:
         if self.length + tokens > self.buffers.capacity:
-            wanted = max(self.length + tokens, self.capacity_hint, 2 * self.buffers.capacity)
+            wanted = full_buffer_tokens(max(self.length + tokens, self.capacity_hint))
             self.buffers.reserve(like, wanted, (0, self.length))
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -100,7 +103,7 @@ class PreallocatedSlidingLayer(DynamicSlidingWindowLayer):
         self.buffers = _Buffers()
         self.start = 0
         self.length = 0
-        self.capacity = 2 * (sliding_window - 1) + 2 * max(chunk_hint, 1)
+        self.capacity = sliding_buffer_tokens(sliding_window, chunk_hint)
 
     def _room(self, like: torch.Tensor, tokens: int) -> bool:
         """Room after the kept tokens for `tokens` more; False where one write is larger than the buffer."""

@@ -250,10 +250,39 @@ def weights_bytes(arch: Architecture, quantization: str, vision: bool = False) -
     }
 
 
-def kv_cache_bytes(arch: Architecture, context_tokens: int) -> int:
-    """KV cache for `context_tokens` tokens: sliding layers keep at most window - 1 tokens."""
-    sliding_tokens = min(context_tokens, max(arch.sliding_window - 1, 0))
-    return sliding_tokens * arch.sliding_kv_bytes_per_token + context_tokens * arch.full_kv_bytes_per_token
+# The engine's preallocated KV cache (engine/kv_cache.py) sizes its buffers with these two rules.
+KV_MIN_BUFFER_TOKENS = 256  # the fewest tokens a full-attention buffer is made for
+
+
+def full_buffer_tokens(tokens: int) -> int:
+    """A full-attention layer's buffer for `tokens` tokens: the minimum doubled until they fit (a
+    buffer that runs out doubles, so a conversation's buffer is the same whatever it started from)."""
+    capacity = KV_MIN_BUFFER_TOKENS
+    while capacity < tokens:
+        capacity *= 2
+    return capacity
+
+
+def sliding_buffer_tokens(sliding_window: int, canvas: int) -> int:
+    """A sliding-window layer's buffer: the kept `window - 1` tokens twice over and two canvases."""
+    return 2 * max(sliding_window - 1, 0) + 2 * max(canvas, 1)
+
+
+def kv_cache_resident_bytes(arch: Architecture, context_tokens: int, canvas: int) -> int:
+    """What one conversation's preallocated cache allocates once it holds `context_tokens` tokens
+    (its last canvas included): every sliding buffer whole from the first token, full buffers by doubling."""
+    return (
+        sliding_buffer_tokens(arch.sliding_window, canvas) * arch.sliding_kv_bytes_per_token
+        + full_buffer_tokens(context_tokens) * arch.full_kv_bytes_per_token
+    )
+
+
+def kv_cache_bytes(arch: Architecture, context_tokens: int, canvas: int | None = None) -> int:
+    """KV cache at `context_tokens`: the conversation's cache plus the copy of it each turn keeps for
+    the next turn (engine.generation.run_generation deep-copies the cache after encoding the prompt's
+    stable prefix, buffers whole; the copy is at most as large, and while a buffer doubles, the old one
+    and the copy together are no larger than the new one)."""
+    return 2 * kv_cache_resident_bytes(arch, context_tokens, arch.canvas_length if canvas is None else canvas)
 
 
 def decoder_step_bytes(arch: Architecture, canvas: int, quantization: str) -> int:
@@ -348,7 +377,7 @@ class Plan:
 def _needed(arch: Architecture, quantization: str, vision: bool, context: int, canvas: int) -> tuple[int, int, int, int, dict[str, int]]:
     breakdown = weights_bytes(arch, quantization, vision)
     weights = sum(breakdown.values())
-    kv = kv_cache_bytes(arch, context)
+    kv = kv_cache_bytes(arch, context, canvas)
     activations = activation_bytes(arch, context, canvas, quantization, vision)
     overhead = CUDA_CONTEXT_BYTES + int(FRAGMENTATION * (kv + activations + weights))
     return weights, kv, activations, overhead, breakdown

@@ -47,7 +47,7 @@ def choose_model(settings: Settings, probe: Callable[[], dict[str, Any]] | None 
     if real is not None:
         return ModelChoice(real, "your GPU can run it and it is downloaded", False)
     verdict = report.get("verdict") or {}
-    if verdict.get("code") in ("ok", "ok_shorter_context"):
+    if verdict.get("code") in hardware.RUNNABLE_CODES:
         reason = (
             f"{REAL_MODEL_NAME} is not downloaded yet: "
             "open Model \u25b8 Model setup\u2026 to get it."

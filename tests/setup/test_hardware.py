@@ -58,7 +58,7 @@ def test_no_gpu_means_the_demo_model():
 def test_a_24_gb_card_can_run_the_real_model():
     verdict = _verdict(engine_hw, _gpu(23.99))
     assert verdict["code"] == "ok"
-    assert verdict["summary"] == "This PC can run DiffusionGemma 26B-A4B (NF4, ~18 GB of 24 GB)."
+    assert verdict["summary"] == "This PC can run DiffusionGemma 26B-A4B (NF4, ~20 GB of 24 GB with image input)."
     assert verdict["recommended"] == "demo"  # not downloaded yet
     assert any("not downloaded" in note for note in verdict["notes"])
     assert _verdict(engine_hw, _gpu(23.99), model_downloaded=True)["recommended"] == "real"
@@ -89,14 +89,33 @@ def test_busy_gpu_low_disk_and_low_ram_become_notes():
 
 
 def test_the_planner_decides_when_it_is_there():
-    twenty = engine_hw.planner_plan(20 * GIB)
+    twenty = engine_hw.planner_plan(22 * GIB)
     assert twenty is not None and twenty["source"] == "planner"
-    assert _verdict(engine_hw, _gpu(20), twenty)["code"] == "ok"
+    assert _verdict(engine_hw, _gpu(22), twenty)["code"] == "ok"
     sixteen = engine_hw.planner_plan(16 * GIB)
     assert _verdict(engine_hw, _gpu(16), sixteen)["code"] == "not_enough_vram"
     shorter = dict(twenty, verdict="fits_shorter_context", max_context_tokens=4096)
     verdict = _verdict(engine_hw, _gpu(20), shorter)
     assert verdict["code"] == "ok_shorter_context" and "4,096 tokens" in verdict["summary"]
+
+
+def test_the_verdict_counts_the_vision_tower_and_says_so():
+    from engine.planner import plan
+    from engine.real_config import load_config_dict
+
+    planned = engine_hw.planner_plan(24 * GIB)
+    config = load_config_dict(engine_hw.REAL_MODEL_ID)
+    with_images, text_only = (plan(config, "nf4", 8192, 24 * GIB, vision=v) for v in (True, False))
+    assert planned["total_bytes"] == with_images.total_bytes > text_only.total_bytes + planned["vision_bytes"]
+    assert planned["vision_bytes"] > GIB  # the bf16 tower
+    ok = _verdict(engine_hw, _gpu(24), planned)
+    assert ok["code"] == "ok" and ok["summary"].endswith("with image input).")
+    assert any(note.startswith("Planned with image input: the vision tower (about 1.1 GB)") for note in ok["notes"])
+    # A card between the two: text chats fit, a chat with an image would not.
+    between = (text_only.total_bytes + with_images.total_bytes) // 2
+    verdict = _verdict(engine_hw, _gpu(between / GIB), engine_hw.planner_plan(between))
+    assert verdict["code"] == "ok_without_images" and verdict["can_run_real_model"]
+    assert "for text chats" in verdict["summary"] and "not with images" in verdict["summary"]
 
 
 def test_the_fallback_estimate_matches_the_planner():
@@ -176,7 +195,7 @@ def test_cli_prints_json_and_text(fake_nvidia_smi):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["verdict"]["summary"] == "This PC can run DiffusionGemma 26B-A4B (NF4, ~18 GB of 24 GB)."
+    assert report["verdict"]["summary"] == "This PC can run DiffusionGemma 26B-A4B (NF4, ~20 GB of 24 GB with image input)."
     text = subprocess.run(
         [PYTHON, "-m", "engine", "hardware", "--no-torch"], env=python_env(), capture_output=True, text=True, timeout=60
     )

@@ -75,7 +75,7 @@ def make_dialog(qtbot, fake_hub):
 
 def test_the_verdict_is_shown(make_dialog):
     dialog = make_dialog(_report(24))
-    assert dialog.verdict_label.text() == "This PC can run DiffusionGemma 26B-A4B (NF4, ~18 GB of 24 GB)."
+    assert dialog.verdict_label.text() == "This PC can run DiffusionGemma 26B-A4B (NF4, ~20 GB of 24 GB with image input)."
     assert "The model is not downloaded yet" in dialog.notes_label.text()
     assert dialog.hardware_label.text().startswith("NVIDIA GeForce RTX 4090, 24 GB VRAM")
     assert dialog.download_button.isDefault() and not dialog.use_demo_button.isDefault()
