@@ -18,6 +18,7 @@ Methods
     regenerate() -> message id | None            drops the last reply and asks again
     edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
     replay_player(message_id, speed) -> ReplayPlayer | None
+    rewrites (attribute)                         rewrite a span of a reply in place: app.chat.rewrite
     close()                                      disconnects from the client (call on window close)
     settings (attribute)                         an app.settings.Settings used for the next reply
 
@@ -57,6 +58,7 @@ from app.chat.messages import (
 )
 from app.worker.engine_client import EngineClient
 from app.chat.replay import ReplayPlayer, ReplayRecorder
+from app.chat.rewrite import SpanRewrites
 from app.settings import Settings
 from app.chat.store import ChatStore, SearchHit, StoreWriteError
 from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
@@ -117,12 +119,14 @@ class ConversationController(QObject):
         ]
         for signal, slot in self._client_hooks:
             signal.connect(slot)
+        self.rewrites = SpanRewrites(self, client)
 
     def close(self) -> None:
         """Stops listening to the engine client (the store and client stay open: they are not ours)."""
         for signal, slot in self._client_hooks:
             signal.disconnect(slot)
         self._client_hooks = []
+        self.rewrites.close()
 
     # ------------------------------------------------------------------ state
 
@@ -132,7 +136,8 @@ class ConversationController(QObject):
 
     @property
     def is_generating(self) -> bool:
-        return self._active is not None
+        """A reply is being written, or a span of one rewritten (one request at a time)."""
+        return self._active is not None or self.rewrites.busy
 
     @property
     def active_message_id(self) -> str | None:
@@ -174,6 +179,7 @@ class ConversationController(QObject):
                 messages = [live if m.id == live.id else m for m in messages]
                 if all(m.id != live.id for m in messages):
                     messages.append(live)
+            messages = [self.rewrites.live_message(m) for m in messages]
             self.transcript.load(conversation_id, messages)
         self.conversation_opened.emit(conversation_id)
 
@@ -210,7 +216,7 @@ class ConversationController(QObject):
     def send(self, text: str) -> str | None:
         """Sends a user message in the open conversation (a new one if none is open)."""
         text = text.strip()
-        if not text or self._active is not None:
+        if not text or self.is_generating:
             return None
         if not self.current_conversation_id and self.new_conversation() is None:
             return None
@@ -228,10 +234,11 @@ class ConversationController(QObject):
         """Cancels the streaming reply; it ends as "stopped" with its committed text."""
         if self._active is not None:
             self.client.cancel(self._active.request_id)
+        self.rewrites.stop()
 
     def regenerate(self) -> str | None:
         """Drops the last assistant reply of the open conversation and asks again."""
-        if self._active is not None or not self.current_conversation_id:
+        if self.is_generating or not self.current_conversation_id:
             return None
         last = self.transcript.last()
         if last is None:
@@ -244,7 +251,7 @@ class ConversationController(QObject):
 
     def edit_and_resend(self, message_id: str, text: str) -> str | None:
         """Replaces a user message (dropping everything after it) and sends the new text."""
-        if self._active is not None:
+        if self.is_generating:
             return None
         message = self.transcript.get(message_id)
         if message is None or message.role != "user" or not text.strip():
@@ -339,7 +346,10 @@ class ConversationController(QObject):
             content = self._with_visible_draft(content)
             if not done.token_ids:
                 stats = None  # nothing was committed: no speed to report
-        self._finish_reply(status, content, stats=stats)
+        # The tokens a span rewrite starts from, when the text is exactly theirs (not the answer
+        # part of a thinking reply, nor a stopped reply's settled draft).
+        token_ids = tuple(done.token_ids) if content == done.text and not done.reasoning else ()
+        self._finish_reply(status, content, stats=stats, token_ids=token_ids)
 
     def _with_visible_draft(self, content: str) -> str:
         """The committed text plus the settled start of the open canvas: a reply stopped (or cut
@@ -412,7 +422,9 @@ class ConversationController(QObject):
                 setattr(message, name, value)
         if not persist:
             return
-        stored = {k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay")}
+        stored = {
+            k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay", "token_ids", "versions")
+        }
         if stored and message.id not in self._unsaved:
             # (An unsaved message is written whole, with these values, by the next successful write.)
             if self._write(lambda: self.store.update_message(message.id, **stored)) is _FAILED:

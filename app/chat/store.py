@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 from engine import paths
 from app.chat.messages import DEFAULT_TITLE, Conversation, Message
+from app.chat.versions import ReplyVersions
 
 log = logging.getLogger("canvas_chat.store")
 
@@ -37,8 +38,8 @@ class SearchHit:
     snippet: str  # matching message text around the hit, or "" when the title matched
 
 
-_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated"
-_UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay"}
+_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated, token_ids, versions"
+_UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay", "token_ids", "versions"}
 
 
 def _migration_1(db: sqlite3.Connection) -> None:
@@ -101,8 +102,18 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
 
 
+def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
+    """A reply's token ids (what a span rewrite starts from) and, once rewritten, its versions."""
+    db.execute("ALTER TABLE messages ADD COLUMN token_ids TEXT")  # JSON list of ints
+    db.execute("ALTER TABLE messages ADD COLUMN versions TEXT")  # JSON: app.chat.versions.ReplyVersions
+
+
 # MIGRATIONS[n - 1] takes the database from user_version n - 1 to n.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_add_reply_tokens_and_versions,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -274,6 +285,8 @@ class ChatStore:
     @staticmethod
     def _message(row: sqlite3.Row) -> Message:
         stats = json.loads(row["stats"]) if row["stats"] else None
+        token_ids = tuple(json.loads(row["token_ids"])) if row["token_ids"] else ()
+        versions = ReplyVersions.from_json(row["versions"]) if row["versions"] else None
         return Message(
             id=row["id"],
             conversation_id=row["conversation_id"],
@@ -285,6 +298,8 @@ class ChatStore:
             replay=row["replay"],
             created=row["created"],
             updated=row["updated"],
+            token_ids=token_ids,
+            versions=versions,
         )
 
     def messages(self, conversation_id: str) -> list[Message]:
@@ -304,7 +319,7 @@ class ChatStore:
             raise ValueError("the message has no conversation_id")
         with self._write() as db:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.conversation_id,
@@ -316,6 +331,8 @@ class ChatStore:
                     message.replay,
                     message.created,
                     message.updated,
+                    _encode_token_ids(message.token_ids),
+                    message.versions.to_json() if message.versions is not None else None,
                 ),
             )
             db.execute(
@@ -329,6 +346,10 @@ class ChatStore:
             raise ValueError(f"cannot update message field(s) {sorted(unknown)}")
         if "stats" in values and values["stats"] is not None:
             values["stats"] = json.dumps(values["stats"])
+        if "token_ids" in values:
+            values["token_ids"] = _encode_token_ids(values["token_ids"])
+        if "versions" in values and values["versions"] is not None:
+            values["versions"] = values["versions"].to_json()
         now = time.time()
         assignments = ", ".join(f"{name} = ?" for name in values)
         with self._write() as db:
@@ -396,6 +417,10 @@ class ChatStore:
             "WHERE m.content LIKE ? ESCAPE '\\' AND c.deleted IS NULL ORDER BY c.updated DESC LIMIT ?",
             (text, f"%{_like_escape(text)}%", limit * 4),
         ).fetchall()
+
+
+def _encode_token_ids(token_ids) -> str | None:
+    return json.dumps(list(token_ids)) if token_ids else None
 
 
 def _like_escape(text: str) -> str:

@@ -39,6 +39,10 @@ class TranscriptView(TranscriptPointer, QListView):
     replay_started = Signal(str)
     replay_progressed = Signal(str, int)  # message id, frames shown so far
     replay_finished = Signal(str)
+    # Rewrite a span of a reply: message id, [start, end) characters of its text, ask for an instruction.
+    sig_rewrite_requested = Signal(str, int, int, bool)
+    sig_undo_rewrite_requested = Signal(str)
+    sig_redo_rewrite_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)

@@ -27,6 +27,7 @@ from app.settings import Settings, save_settings
 from app.window.local_server import LocalServerDialog, attach_local_server
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
+from app.window.span_rewrite import attach_span_rewrite
 from app.window.thinking_toggle import attach_thinking_toggle
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
@@ -113,6 +114,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.span_rewrite = attach_span_rewrite(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.
