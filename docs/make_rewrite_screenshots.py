@@ -4,9 +4,9 @@ shipped demo model, a sentence of its reply selected and rewritten.
     python docs/make_rewrite_screenshots.py [--out docs/screenshots]
 
 The worker's step-delay test switch slows the denoising loop so that the span can be caught
-mid-rewrite. Writes rewrite-selected.png (the selection and the context menu's actions),
-rewrite-mid-span.png (noise inside the span, the text on both sides fixed) and rewrite-done.png
-(the new text, with Undo rewrite). Needs a font with the block glyphs (fonts-dejavu-core).
+mid-rewrite. Writes rewrite-selected.png (the selection and the context menu's actions) and
+rewrite-mid-span.png (noise inside the span, the text on both sides fixed). Needs a font with the
+block glyphs (fonts-dejavu-core).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "docs"))
 
-from make_screenshots import DEMO_MODEL, grab, settle, wait_until  # noqa: E402
+from make_screenshots import DEMO_MODEL, grab, settle, wait_until  # noqa: E402  (docs/ is on the path)
 
 PROMPT = "Who are you?"  # a three-canvas reply
 SELECTED = "small demo"  # what is selected of it (the first words found of these, else a middle part)
@@ -42,6 +42,7 @@ def main() -> int:
 
     import app.qt_compat  # noqa: F401
     from PySide6.QtCore import QPoint, QTimer
+    from PySide6.QtGui import QPainter
     from PySide6.QtWidgets import QApplication
 
     from app.chat.store import ChatStore
@@ -77,8 +78,22 @@ def main() -> int:
         settle(0.2)
         menu = view.context_menu_for(reply)
         geometry = view.delegate.row_geometry(view.index_of_message(reply.id))
-        QTimer.singleShot(300, lambda: (grab(window, args.out / "rewrite-selected.png"), menu.close()))
-        menu.exec(view.viewport().mapToGlobal(QPoint(geometry.bubble.center().x(), geometry.bubble.bottom() - 6)))
+        at = view.viewport().mapToGlobal(QPoint(geometry.bubble.left() + 480, geometry.bubble.bottom() - 8))
+
+        def shoot_with_menu() -> None:
+            # The menu is its own top-level window: drawn into the window's picture where it opened.
+            picture = window.grab()
+            painter = QPainter(picture)
+            painter.drawPixmap(window.mapFromGlobal(menu.pos()), menu.grab())
+            painter.end()
+            path = args.out / "rewrite-selected.png"
+            if not picture.save(str(path)):
+                raise SystemExit(f"make_rewrite_screenshots: could not write {path}")
+            print(f"wrote {path}")
+            menu.close()
+
+        QTimer.singleShot(300, shoot_with_menu)
+        menu.exec(at)
         menu.deleteLater()
 
         reason = window.span_rewrite.request(False)
@@ -95,12 +110,10 @@ def main() -> int:
         settle(0.05)
         grab(window, args.out / "rewrite-mid-span.png")
         wait_until(lambda: not window.controller.is_generating, 300, "the rewrite to finish")
-        settle(0.3)
-        view.select_message(reply.id)
-        settle(0.2)
-        grab(window, args.out / "rewrite-done.png")
-        print("before:", reply.versions.items[0].content if reply.versions else "?")
-        print("after: ", window.controller.transcript.get(reply.id).content)
+        # The demo model is certain of its own words: it writes the same span back, and the app
+        # says so (the real model samples a new wording).
+        print("after:", window.controller.transcript.get(reply.id).content)
+        print("status:", window.statusBar().currentMessage())
     finally:
         window.close()
         client.shutdown()
