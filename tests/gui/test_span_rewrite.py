@@ -133,6 +133,10 @@ def test_a_span_across_a_canvas_boundary_is_rewritten_canvas_by_canvas(controlle
     # ...while the reply shows the part of a later canvas as noise until it is reached...
     first_canvas_only = [s for s in shown if len(s.parts) == 1 and s.parts[0].canvas_index == 0]
     assert first_canvas_only and first_canvas_only[-1].segments()[16 - start :] == [("", False)] * (end - 16)
+    # ...and keeps showing the first canvas's part once the second one is being drafted.
+    both = [s for s in shown if [p.canvas_index for p in s.parts] == [0, 1]]
+    assert both and all(len(s.segments()) == end - start for s in both)
+    assert all(s.segments()[: 16 - start] == list(zip(s.parts[0].pieces, s.parts[0].settled)) for s in both)
     # ...and every token outside the span is kept.
     assert reply.token_ids[:start] == old_ids[:start] and reply.token_ids[end:] == old_ids[end:]
 
@@ -272,3 +276,36 @@ def test_the_window_rewrites_a_selection_from_the_keyboard_and_ctrl_z_undoes_it(
         client.shutdown()
         store.close()
         window.deleteLater()
+
+
+def test_a_database_from_before_rewrites_opens_and_keeps_its_messages(tmp_path):
+    import sqlite3
+    import time
+
+    from app.chat import store as store_module
+    from app.chat.messages import Message
+
+    path = tmp_path / "chats.sqlite3"
+    before = store_module.MIGRATIONS.index(store_module._migration_add_reply_tokens_and_versions)
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in store_module.MIGRATIONS[:before]:
+        migration(db)
+    db.execute(f"PRAGMA user_version = {before}")
+    db.execute("INSERT INTO conversations (id, title, created, updated) VALUES ('c', 'Old', 0, 0)")
+    db.execute(
+        "INSERT INTO messages (id, conversation_id, role, content, status, created, updated) "
+        "VALUES ('m', 'c', 'assistant', 'An old reply.', 'finished', 0, 0)"
+    )
+    db.close()
+    with ChatStore(path) as store:
+        old = store.get_message("m")
+        assert (old.content, old.token_ids, old.versions) == ("An old reply.", (), None)
+        store.add_message(Message(role="assistant", content="New.", conversation_id="c", token_ids=(4, 5), created=time.time()))
+        store.update_message("m", versions=None, token_ids=(1, 2, 3))
+        assert store.get_message("m").token_ids == (1, 2, 3)
+    # A versions value this version cannot read leaves the message readable, without versions.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE messages SET versions = '{\"current\": 5, \"items\": []}' WHERE id = 'm'")
+    db.close()
+    with ChatStore(path) as store:
+        assert store.get_message("m").versions is None and store.get_message("m").content == "An old reply."
