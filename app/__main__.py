@@ -100,7 +100,9 @@ def run_window(args: argparse.Namespace) -> int:
     window = MainWindow(settings, store, client)
     window.show()
     log.info("window shown after %.2f s", time.perf_counter() - STARTED_AT)
-    QTimer.singleShot(0, window, lambda: window.start_engine(args.model, open_setup_if_missing=True))
+    if args.model is not None or window.remote.backend is None:
+        # (A server answers: the local model is loaded only when the user switches back to it.)
+        QTimer.singleShot(0, window, lambda: window.start_engine(args.model, open_setup_if_missing=True))
     # Ctrl+C in a terminal quits cleanly; the idle timer lets Python see the signal at all.
     signal.signal(signal.SIGINT, lambda *_: app.quit())
     wake = QTimer(window)

@@ -71,6 +71,11 @@ class Settings:
     quantization: QuantizationName = "auto"
     api_port: int = 1234  # the local API server (Model > Local server); it is off until turned on
     api_token: str = ""
+    # A remote server (Model > Connect to a server); its API key lives in the OS keyring, not here.
+    remote_enabled: bool = False
+    remote_url: str = ""
+    remote_model: str = ""
+    remote_diffusiongemma: bool = True
 
     def with_preset(self, name: str) -> Settings:
         """These settings with a named preset's sampling values (or just marked custom)."""
@@ -167,6 +172,10 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "quantization": lambda v: v in QUANTIZATION_NAMES,
     "api_port": lambda v: _is_int(v) and 1 <= v <= 65535,
     "api_token": lambda v: isinstance(v, str),
+    "remote_enabled": lambda v: isinstance(v, bool),
+    "remote_url": lambda v: isinstance(v, str),
+    "remote_model": lambda v: isinstance(v, str),
+    "remote_diffusiongemma": lambda v: isinstance(v, bool),
 }
 
 

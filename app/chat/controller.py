@@ -20,6 +20,10 @@ Methods
     replay_player(message_id, speed) -> ReplayPlayer | None
     rewrites (attribute)                         rewrite a span of a reply in place: app.chat.rewrite
     close()                                      disconnects from the client (call on window close)
+    use_backend(backend) -> bool                 replies come from `backend` from now on (the local
+                                                 EngineClient or an app.remote RemoteBackend); False
+                                                 while a reply is generating
+    backend (attribute)                          where the next reply comes from (a ChatBackend)
     settings (attribute)                         an app.settings.Settings used for the next reply
 
 Signals
@@ -48,6 +52,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
+from app.chat.backend import ChatBackend, answered_by
 from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
@@ -99,6 +104,7 @@ class ConversationController(QObject):
         super().__init__(parent)
         self.store = store
         self.client = client
+        self.backend: ChatBackend = client
         self.settings = settings or Settings()
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
@@ -109,24 +115,42 @@ class ConversationController(QObject):
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
         # The thinking toggle, per conversation ("" = the chat not created yet); this session only.
         self._thinking: dict[str, bool] = {}
+        self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
+        self._listen_to(client)
+        # Rewriting in place needs the local engine (a remote server has no such request).
+        self.rewrites = SpanRewrites(self, client)
+
+    def _listen_to(self, backend: ChatBackend) -> None:
         self._client_hooks = [
-            (client.draft_received, self._on_client_draft_received),
-            (client.draft_arrived, self._on_client_draft_arrived),
-            (client.canvas_committed, self._on_client_canvas_committed),
-            (client.generation_finished, self._on_client_generation_finished),
-            (client.generation_failed, self._on_client_generation_failed),
-            (client.generation_interrupted, self._on_client_generation_interrupted),
+            (backend.draft_received, self._on_client_draft_received),
+            (backend.draft_arrived, self._on_client_draft_arrived),
+            (backend.canvas_committed, self._on_client_canvas_committed),
+            (backend.generation_finished, self._on_client_generation_finished),
+            (backend.generation_failed, self._on_client_generation_failed),
+            (backend.generation_interrupted, self._on_client_generation_interrupted),
         ]
         for signal, slot in self._client_hooks:
             signal.connect(slot)
-        self.rewrites = SpanRewrites(self, client)
 
     def close(self) -> None:
         """Stops listening to the engine client (the store and client stay open: they are not ours)."""
+        self._stop_listening()
+        self.rewrites.close()
+
+    def _stop_listening(self) -> None:
         for signal, slot in self._client_hooks:
             signal.disconnect(slot)
         self._client_hooks = []
-        self.rewrites.close()
+
+    def use_backend(self, backend: ChatBackend) -> bool:
+        """Sends the next replies to `backend` (refused while a reply is generating)."""
+        if self.is_generating:
+            return False
+        if backend is not self.backend:
+            self._stop_listening()
+            self.backend = backend
+            self._listen_to(backend)
+        return True
 
     # ------------------------------------------------------------------ state
 
@@ -192,7 +216,7 @@ class ConversationController(QObject):
     def delete_conversation(self, conversation_id: str) -> None:
         """Hides a conversation; `undo_delete_conversation` brings it back (this session)."""
         if self._active and self._active.message.conversation_id == conversation_id:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
         if self._write(self.store.delete_conversation, conversation_id) is _FAILED:
             return
         if self.conversations.get(conversation_id) is not None:
@@ -233,7 +257,7 @@ class ConversationController(QObject):
     def stop(self) -> None:
         """Cancels the streaming reply; it ends as "stopped" with its committed text."""
         if self._active is not None:
-            self.client.cancel(self._active.request_id)
+            self.backend.cancel(self._active.request_id)
         self.rewrites.stop()
 
     def regenerate(self) -> str | None:
@@ -288,9 +312,15 @@ class ConversationController(QObject):
 
     def _start_reply(self, conversation_id: str) -> str:
         history = self.history_for_reply()
-        reply = Message(role="assistant", content="", conversation_id=conversation_id, status="streaming")
+        reply = Message(
+            role="assistant",
+            content="",
+            conversation_id=conversation_id,
+            status="streaming",
+            answered_by=answered_by(self.backend),
+        )
         self._add(reply)
-        request_id = self.client.generate(
+        request_id = self.backend.generate(
             conversation_id,
             history,
             self.settings.system_prompt,
@@ -338,6 +368,14 @@ class ConversationController(QObject):
             return
         stats = dataclasses.asdict(done.stats)
         stats["finish_reason"] = done.finish_reason
+        if not done.stats.decoder_forwards:
+            # A remote server reports no forwards or steps (and tokens only with `usage`): no
+            # made-up zeros under the reply; its first result is a whole canvas, not a draft.
+            for name in ("decoder_forwards", "tokens_per_forward", "steps_per_canvas"):
+                stats.pop(name)
+            if not done.stats.new_tokens:
+                stats.pop("tokens_per_s")
+            stats["time_to_first_canvas_s"] = stats.pop("time_to_first_draft_s")
         if done.reasoning:
             stats["reasoning"] = done.reasoning  # shown collapsed above the answer
         status = "stopped" if done.finish_reason == "cancelled" else "finished"
@@ -378,7 +416,7 @@ class ConversationController(QObject):
             self._finish_reply(
                 "interrupted",
                 self._with_visible_draft(self._active.message.content),
-                error="The engine stopped during this reply.",
+                error=getattr(self.backend, "interrupted_text", "The engine stopped during this reply."),
             )
 
     # ------------------------------------------------------------------ store + transcript

@@ -63,6 +63,7 @@ class Message:
     stats: dict[str, Any] | None = None
     error: str = ""
     replay: bytes | None = None
+    answered_by: str = ""  # which backend and model wrote a reply (app.chat.backend.answered_by)
     id: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)

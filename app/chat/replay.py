@@ -177,6 +177,17 @@ class ReplayPlayer:
     def duration_s(self) -> float:
         return sum(self._hold_s(frame) for frame in self.frames)
 
+    def hold_s(self, index: int) -> float:
+        """How long frame `index` stays on screen at this speed."""
+        return self._hold_s(self.frames[index])
+
+    def index_of(self, canvas_index: int, step_index: int) -> int:
+        """The frame of draft `step_index` of canvas `canvas_index` (ValueError when not recorded)."""
+        for index, frame in enumerate(self.frames):
+            if frame.kind == "draft" and (frame.canvas_index, frame.step_index) == (canvas_index, step_index):
+                return index
+        raise ValueError(f"no recorded draft for step {step_index} of canvas {canvas_index}")
+
     def frame_at(self, t: float) -> ReplayFrame | None:
         """The frame on screen `t` seconds into playback (the last one after the end)."""
         if not self.frames:

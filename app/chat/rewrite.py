@@ -90,6 +90,8 @@ class SpanRewrites(QObject):
                 "This reply has no stored tokens to rewrite (it was written by an older Canvas Chat, "
                 "or stopped mid-canvas). Regenerate it to rewrite parts of it."
             )
+        if controller.backend is not self._client:
+            return "Rewriting a selection needs the local model; replies now come from a server."
         if self._client.model_info is None:
             return "No model is loaded yet. Wait until it is, then rewrite the selection."
         return ""

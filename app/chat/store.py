@@ -38,7 +38,9 @@ class SearchHit:
     snippet: str  # matching message text around the hit, or "" when the title matched
 
 
-_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated, token_ids, versions"
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, status, stats, error, replay, created, updated, answered_by, token_ids, versions"
+)
 _UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay", "token_ids", "versions"}
 
 
@@ -102,6 +104,11 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
 
 
+def _migration_add_reply_backend(db: sqlite3.Connection) -> None:
+    """Which backend and model wrote each reply ("Local · …", "Remote · model at host")."""
+    db.execute("ALTER TABLE messages ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''")
+
+
 def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
     """A reply's token ids (what a span rewrite starts from) and, once rewritten, its versions."""
     db.execute("ALTER TABLE messages ADD COLUMN token_ids TEXT")  # JSON list of ints
@@ -112,6 +119,7 @@ def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
+    _migration_add_reply_backend,
     _migration_add_reply_tokens_and_versions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -280,6 +288,30 @@ class ChatStore:
             cursor = db.execute("DELETE FROM conversations WHERE deleted IS NOT NULL")
         return cursor.rowcount
 
+    def import_chats(self, chats: list[Any]) -> list[Conversation]:
+        """Inserts whole conversations (`app.chat.export.ExportedChat`) in ONE transaction: all of
+        them or, when any write fails, none. A chat's settings go to a `settings` column if the
+        schema has one (per-chat settings)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(conversations)")}
+        with self._write() as db:
+            for chat in chats:
+                c = chat.conversation
+                db.execute(
+                    "INSERT INTO conversations (id, title, created, updated) VALUES (?, ?, ?, ?)",
+                    (c.id, c.title, c.created, c.updated),
+                )
+                if chat.settings is not None and "settings" in columns:
+                    db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
+                for m in chat.messages:
+                    db.execute(
+                        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.id, c.id, m.role, m.content, m.status,
+                         json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created, m.updated,
+                         m.answered_by, _encode_token_ids(m.token_ids),
+                         m.versions.to_json() if m.versions is not None else None),
+                    )
+        return [chat.conversation for chat in chats]
+
     # ------------------------------------------------------------------ messages
 
     @staticmethod
@@ -298,6 +330,7 @@ class ChatStore:
             replay=row["replay"],
             created=row["created"],
             updated=row["updated"],
+            answered_by=row["answered_by"],
             token_ids=token_ids,
             versions=versions,
         )
@@ -319,7 +352,7 @@ class ChatStore:
             raise ValueError("the message has no conversation_id")
         with self._write() as db:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.conversation_id,
@@ -331,6 +364,7 @@ class ChatStore:
                     message.replay,
                     message.created,
                     message.updated,
+                    message.answered_by,
                     _encode_token_ids(message.token_ids),
                     message.versions.to_json() if message.versions is not None else None,
                 ),

@@ -50,11 +50,10 @@ class AnimatedRow:
 
 
 class Playback:
-    """A replay in progress: the recording's frames still to show and the timer that shows them."""
+    """A replay in progress: the recording, the frame on screen, and the timer that shows the next."""
 
     def __init__(self, player: ReplayPlayer, timer: QTimer):
         self.player = player
         self.timer = timer
-        self.timeline = player.timeline()
-        self.upcoming = next(self.timeline, None)
-        self.frames_shown = 0
+        self.position = -1  # index of the frame on screen (-1: none yet)
+        self.playing = True

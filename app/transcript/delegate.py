@@ -71,6 +71,9 @@ def stats_line(stats: dict[str, Any] | None) -> str:
     first = stats.get("time_to_first_draft_s")
     if first is not None:
         parts.append(f"{first:.2f} s to first draft")
+    first_canvas = stats.get("time_to_first_canvas_s")  # a remote reply: no drafts, whole canvases
+    if first_canvas is not None:
+        parts.append(f"{first_canvas:.2f} s to first canvas")
     speed = stats.get("tokens_per_s")
     if speed is not None:
         parts.append(f"{speed:.1f} tok/s")
@@ -172,7 +175,8 @@ class TranscriptDelegate(QStyledItemDelegate):
             from app.transcript.markdown_render import renderer_for
 
             renderer = renderer_for(self.colors)
-            rendered = renderer.render(text)
+            font_pt = self._font.pointSizeF() if self._font.pointSizeF() > 0 else self._font.pixelSize() * 0.75
+            rendered = renderer.render(text, font_pt, round(self._view.devicePixelRatioF()))
             doc.setDefaultStyleSheet(renderer.style_sheet().replace("monospace", self._mono_family))
             doc.setHtml(rendered.html)
         doc.setTextWidth(width)
@@ -239,15 +243,18 @@ class TranscriptDelegate(QStyledItemDelegate):
             width = int(metrics.horizontalAdvance("Stop replay")) + 2
             top = bubble.bottom() + 3
             return {"Stop replay": QRect(bubble.right() - width, top, width, int(metrics.height()))}
-        if message.role != "user" and not message.content.strip():
+        retry = message.role == "assistant" and message.status == "interrupted"
+        if message.role != "user" and not message.content.strip() and not retry:
             return links  # nothing to copy or replay: a reply stopped before any text settled
         if message.rewrite is not None:
             return links
-        names = ["Copy"]
+        names = ["Copy"] if message.role == "user" or message.content.strip() else []
         if message.role == "user":
             names.append("Edit")
         elif message.replay:
             names.append("Replay")
+        if retry:
+            names.append("Retry")
         names += version_links(message)
         top = bubble.bottom() + 3
         height = int(metrics.height())
@@ -406,6 +413,8 @@ class TranscriptDelegate(QStyledItemDelegate):
             if mark:
                 if message.status == "error" and message.error:
                     mark = f"Error: {message.error}"
+                elif message.status == "interrupted" and getattr(message, "answered_by", "").startswith("Remote"):
+                    mark = "Interrupted \u2014 the server connection was lost"
                 elif not message.content.strip():
                     mark += " before any text settled"
                 painter.setPen(QColor(colors.mark_error if message.status == "error" else colors.mark_stopped))

@@ -1,6 +1,7 @@
 """Markdown of a message to the HTML subset QTextDocument understands (markdown-it-py + Pygments).
 
 Fenced code blocks get syntax highlighting and a "Copy" link whose href is `copy-code:N`.
+`$…$` and `$$…$$` are TeX math (mdit-py-plugins' dollarmath), drawn as images by `math_render`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from markdown_it import MarkdownIt
+from mdit_py_plugins.dollarmath import dollarmath_plugin
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
 from app.theme import ThemeColors
+from app.transcript.math_render import formula_image
 
 COPY_CODE_SCHEME = "copy-code"
 
@@ -51,19 +54,33 @@ class MarkdownRenderer:
 
     def __init__(self, colors: ThemeColors):
         self.colors = colors
-        self._md = MarkdownIt("commonmark", {"html": False, "breaks": False}).enable("table")
+        # No space just inside the dollars and no digit just after the closing one: "$5 and $10"
+        # stays a price, "$x$" is math (pandoc's rule).
+        self._md = (
+            MarkdownIt("commonmark", {"html": False, "breaks": False})
+            .enable("table")
+            .use(dollarmath_plugin, allow_space=False, allow_digits=False, double_inline=True, allow_labels=True)
+        )
         self._code_blocks: list[str] = []
+        self._font_pt = 10.0
+        self._scale = 1
         # markdown-it binds each rule to its renderer and calls it as (renderer, tokens, idx, options, env).
         for name, method in (
             ("fence", self._render_fence),
             ("code_block", self._render_fence),
             ("code_inline", self._render_code_inline),
             ("table_open", self._render_table_open),
+            ("math_inline", self._render_math_inline),
+            ("math_inline_double", self._render_math_block),
+            ("math_block", self._render_math_block),
+            ("math_block_label", self._render_math_block),
         ):
             self._md.add_render_rule(name, lambda renderer, tokens, idx, options, env, method=method: method(tokens, idx))
 
-    def render(self, text: str) -> RenderedMarkdown:
+    def render(self, text: str, font_pt: float = 10.0, scale: int = 1) -> RenderedMarkdown:
+        """HTML of `text`; formulas are drawn for a `font_pt` text font on a screen of pixel ratio `scale`."""
         self._code_blocks = []
+        self._font_pt, self._scale = font_pt, max(1, scale)
         body = self._md.render(text)
         return RenderedMarkdown(html=body, code_blocks=list(self._code_blocks))
 
@@ -103,6 +120,24 @@ class MarkdownRenderer:
     def _render_code_inline(self, tokens, idx) -> str:
         content = html.escape(tokens[idx].content)
         return f'<code style="background-color: {self.colors.inline_code_background};">&nbsp;{content}&nbsp;</code>'
+
+    def _math_image(self, tex: str, display: bool) -> str:
+        image = formula_image(tex, self.colors.text, self._font_pt, display, self._scale)
+        if image is None:  # mathtext cannot draw it: show what the model wrote
+            dollars = "$$" if display else "$"
+            source = html.escape(f"{dollars}{tex}{dollars}")
+            return f'<span style="color: {self.colors.dim_text};">{source}</span>'
+        return (
+            f'<img src="{image.data_url}" width="{image.width:.1f}" height="{image.height:.1f}" '
+            f'align="middle" alt="{html.escape(tex, quote=True)}">'
+        )
+
+    def _render_math_inline(self, tokens, idx) -> str:
+        return self._math_image(tokens[idx].content, display=False)
+
+    def _render_math_block(self, tokens, idx) -> str:
+        image = self._math_image(tokens[idx].content, display=True)
+        return f'<p align="center" style="margin-top: 4px; margin-bottom: 8px;">{image}</p>\n'
 
     def _render_table_open(self, tokens, idx) -> str:
         return (

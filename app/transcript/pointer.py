@@ -156,6 +156,8 @@ class TranscriptPointer:
             self.sig_replay_requested.emit(message_id)
         elif name == "Regenerate":
             self.sig_regenerate_requested.emit(message_id)
+        elif name == "Retry":
+            self.sig_retry_requested.emit(message_id)
         elif name == "Stop replay":
             self.stop_replay(message_id)
         elif name == "Undo rewrite":

@@ -34,10 +34,12 @@ class TranscriptView(TranscriptPointer, QListView):
 
     sig_edit_requested = Signal(str)  # message id of a user message
     sig_regenerate_requested = Signal(str)  # message id of an assistant message
+    sig_retry_requested = Signal(str)  # message id of an interrupted reply ("Retry" under it)
     sig_replay_requested = Signal(str)
     copied = Signal(str)  # what went to the clipboard
     replay_started = Signal(str)
-    replay_progressed = Signal(str, int)  # message id, frames shown so far
+    replay_progressed = Signal(str, int)  # message id, number (1-based) of the frame on screen
+    replay_state_changed = Signal(str)  # a replay was paused or resumed
     replay_finished = Signal(str)
     # Rewrite a span of a reply: message id, [start, end) characters of its text, ask for an instruction.
     sig_rewrite_requested = Signal(str, int, int, bool)
@@ -270,6 +272,7 @@ class TranscriptView(TranscriptPointer, QListView):
         self._keep_editor_fresh(top_left, bottom_right)
 
     def _on_model_reset(self) -> None:
+        self.stop_all_replays()  # another chat opened: a paused replay has no timer to notice
         self._rows.clear()
         self._frame_timer.stop()
         self._editor_index = None
@@ -295,7 +298,8 @@ class TranscriptView(TranscriptPointer, QListView):
     def _on_model_rows_removed(self, parent: QModelIndex, first: int, last: int) -> None:
         for message_id, row in list(self._rows.items()):
             if not row.index.isValid():
-                del self._rows[message_id]
+                self.stop_replay(message_id)
+                self._rows.pop(message_id, None)
         if self._editor_index is not None and not self._editor_index.isValid():
             self._editor_index = None
             self._selected_id = ""
@@ -365,15 +369,53 @@ class TranscriptView(TranscriptPointer, QListView):
     def is_replaying(self, message_id: str = "") -> bool:
         return message_id in self._replays if message_id else bool(self._replays)
 
-    def _on_replay_timer_timeout(self, message_id: str) -> None:
+    def replay_playback(self, message_id: str) -> Playback | None:
+        """The replay of a message in progress: its player, the frame on screen, whether it plays."""
+        return self._replays.get(message_id)
+
+    def seek_replay(self, message_id: str, index: int) -> None:
+        """Shows recorded frame `index` now; a playing replay goes on from there."""
         playback = self._replays.get(message_id)
-        row = self._rows.get(message_id)
-        if playback is None or row is None or playback.upcoming is None:
-            self.stop_replay(message_id)
+        if playback is None or not playback.player.frames:
             return
-        _, frame = playback.upcoming
-        playback.upcoming = next(playback.timeline, None)
-        playback.frames_shown += 1
+        self._show_replay_frame(message_id, max(0, min(index, len(playback.player.frames) - 1)))
+        if playback.playing:
+            self._schedule_next_frame(playback)
+
+    def set_replay_playing(self, message_id: str, playing: bool) -> None:
+        """Pauses or resumes a replay (resuming at the end starts it over)."""
+        playback = self._replays.get(message_id)
+        if playback is None or playback.playing == playing:
+            return
+        playback.playing = playing
+        if not playing:
+            playback.timer.stop()
+        elif playback.position >= len(playback.player.frames) - 1:
+            self.seek_replay(message_id, 0)
+        else:
+            self._schedule_next_frame(playback)
+        self.replay_state_changed.emit(message_id)
+
+    def set_replay_speed(self, message_id: str, speed: float) -> None:
+        playback = self._replays.get(message_id)
+        if playback is not None and speed > 0:
+            playback.player.speed = speed
+            if playback.playing and playback.position >= 0:
+                self._schedule_next_frame(playback)
+
+    def _schedule_next_frame(self, playback: Playback) -> None:
+        frames = playback.player.frames
+        last = playback.position >= len(frames) - 1
+        delay_s = REPLAY_END_HOLD_S if last else (playback.player.hold_s(playback.position) if playback.position >= 0 else 0.0)
+        playback.timer.start(int(delay_s * 1000))
+
+    def _show_replay_frame(self, message_id: str, index: int) -> None:
+        playback = self._replays[message_id]
+        row = self._rows.get(message_id)
+        if row is None:
+            return
+        frame = playback.player.frames[index]
+        playback.position = index
         row.committed_text = frame.committed_text
         if frame.kind == "draft":
             self.apply_draft(message_id, frame, replay=True)
@@ -381,9 +423,19 @@ class TranscriptView(TranscriptPointer, QListView):
             row.animation.clear()
             row.layout, row.layout_key, row.height = None, (), 0.0
             self._refresh_row(row)
-        delay_s = playback.upcoming[0] if playback.upcoming is not None else REPLAY_END_HOLD_S
-        playback.timer.start(int(delay_s * 1000))
-        self.replay_progressed.emit(message_id, playback.frames_shown)
+        self.replay_progressed.emit(message_id, index + 1)
+
+    def _on_replay_timer_timeout(self, message_id: str) -> None:
+        playback = self._replays.get(message_id)
+        row = self._rows.get(message_id)
+        if playback is None or row is None:
+            self.stop_replay(message_id)
+            return
+        if playback.position >= len(playback.player.frames) - 1:
+            self.stop_replay(message_id)  # played to the end (and held there a moment)
+            return
+        self._show_replay_frame(message_id, playback.position + 1)
+        self._schedule_next_frame(playback)
 
     # -- misc
 

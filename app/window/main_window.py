@@ -24,13 +24,16 @@ from app.window.engine_status import EngineBanner, EngineStatus
 from app.worker.engine_client import EngineClient, EngineState
 from app.chat.qt_models import ConversationListModel, TranscriptListModel
 from app.settings import Settings, save_settings
+from app.window.chat_files import attach_chat_files
 from app.window.local_server import LocalServerDialog, attach_local_server
+from app.remote.connection import attach_remote_connection
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.span_rewrite import attach_span_rewrite
 from app.window.thinking_toggle import attach_thinking_toggle
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
+from app.transcript.replay_bar import attach_replay_bar
 from app.transcript.view import TranscriptView
 from engine.protocol import MODEL_LOAD_ERROR_CODES, MODEL_SETUP_ERROR_CODES, Error, LoadProgress, ModelLoaded
 
@@ -114,6 +117,9 @@ class MainWindow(QMainWindow):
         self._connect()
         self.local_server = attach_local_server(self)
         self.thinking_toggle = attach_thinking_toggle(self)
+        self.chat_files = attach_chat_files(self)
+        self.replay_bar = attach_replay_bar(self)
+        self.remote = attach_remote_connection(self)
         self.span_rewrite = attach_span_rewrite(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
@@ -433,10 +439,15 @@ class MainWindow(QMainWindow):
                     for index, prompt in enumerate(DEMO_EXAMPLE_PROMPTS)
                 )
                 demo_note += f"<p>Try one:<br>{links}</p>"
+            intro = ("<p>Ask anything. Each reply is written a block at a time:<br>"
+                     "every block starts as noise and is denoised in place while you watch.</p>")
+            server = self.remote.backend.server if getattr(self, "remote", None) and self.remote.backend else None
+            if server is not None:  # a remote server answers (app/remote): no local model, no step animation
+                name = f"{html.escape(server.model)} on {html.escape(server.host)}"
+                intro, demo_note = f"<p>Ask anything. {html.escape(server.how_replies_arrive())}</p>", ""
             self.empty_label.setText(
                 "<div style='font-size: 20px; font-weight: 600;'>Canvas Chat</div>"
-                "<p>Ask anything. Each reply is written a block at a time:<br>"
-                "every block starts as noise and is denoised in place while you watch.</p>"
+                f"{intro}"
                 f"{demo_note}"
                 f"<p style='color: {self.colors.dim_text};'>Model: {name} \u00b7 Enter sends, Shift+Enter adds a line"
                 " \u00b7 Ctrl+N new chat \u00b7 Ctrl+F search</p>"
@@ -486,6 +497,7 @@ class MainWindow(QMainWindow):
             except OSError as exc:
                 self.banner.show_error("Your settings could not be saved.", str(exc), offer_setup=False)
         never_started = self.client.state == EngineState.STOPPED and self.client.model_info is None
+        never_started = never_started and not settings.remote_enabled  # a server answers (app/remote)
         if save and (model_changed or never_started) and not self._closing:
             self.start_engine()
 

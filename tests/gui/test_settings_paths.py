@@ -124,14 +124,14 @@ def test_newer_schema_keeps_known_fields(caplog):
 
 
 def test_the_core_modules_work_without_qt():
-    """chat, store, settings, replay and paths stay Qt-free (usable from scripts and workers)."""
+    """chat, store, export, settings, replay and paths stay Qt-free (usable from scripts and workers)."""
     import subprocess
 
     from tests.conftest import PYTHON, python_env
 
     script = (
         "import sys\n"
-        "import app.chat.messages, engine.paths, app.chat.replay, app.settings, app.chat.store\n"
+        "import app.chat.messages, engine.paths, app.chat.replay, app.settings, app.chat.store, app.chat.export\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'torch'))))\n"
     )
     result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=python_env(), timeout=60)
