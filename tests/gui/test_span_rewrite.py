@@ -195,6 +195,9 @@ def test_without_a_loaded_model_the_rewrite_is_refused(qapp, chat_store, qtbot):
         reply = controller.transcript.last()
         assert "No model is loaded" in controller.rewrites.start(reply.id, 0, 5)
         assert reply.rewrite is None and not controller.is_generating
+        # Replies from a remote server: rewriting in place needs the local engine.
+        controller.backend = object()
+        assert "needs the local model" in controller.rewrites.start(reply.id, 0, 5)
     finally:
         controller.close()
         client.deleteLater()
