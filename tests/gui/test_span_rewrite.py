@@ -160,6 +160,22 @@ def test_stop_during_a_rewrite_keeps_the_old_text(shared_engine_client, chat_sto
         controller.close()
 
 
+def test_leaving_and_reopening_the_chat_mid_rewrite_shows_it_and_keeps_its_result(controller, qtbot):
+    reply = _reply(qtbot, controller)
+    conversation_id, old_text = reply.conversation_id, reply.content
+    start = old_text.index(ACROSS)
+    with qtbot.waitSignal(controller.client.span_draft_arrived, timeout=timeout_ms(60)):
+        assert controller.rewrites.start(reply.id, start, start + len(ACROSS)) == ""
+    controller.open_conversation("")
+    controller.open_conversation(conversation_id)
+    shown = controller.transcript.get(reply.id)
+    assert shown is reply and shown.rewrite is not None, "the reopened chat shows the rewrite going on"
+    with qtbot.waitSignal(controller.rewrites.finished, timeout=timeout_ms(60)) as finished:
+        pass
+    assert finished.args[1] == "rewritten" and reply.content != old_text
+    assert controller.store.get_message(reply.id).content == reply.content
+
+
 def test_refusals_and_engine_errors_are_plain_and_lose_nothing(controller, qtbot):
     reply = _reply(qtbot, controller)
     old = (reply.content, reply.token_ids)
