@@ -294,6 +294,7 @@ def _denoise(
     observer: StepObserver,
     should_stop: Callable[[], bool],
     counters: _LoopCounters,
+    vision_inputs: dict[str, Any] | None = None,
 ) -> None:
     """transformers 5.23's `DiffusionGemmaGenerationMixin.generate` for one text-only sequence, with
     the denoising step of `denoise_step`: the same calls and random draws, so the same tokens.
@@ -333,13 +334,17 @@ def _denoise(
 
     is_prefill = True
     for _ in range(max_canvases):
+        # The images go in with the prompt's first encoding only, as in stock `generate()`.
+        images = (vision_inputs or {}) if is_prefill else {}
         unprocessed, encoder_masks = model._prepare_encoder_inputs(
             input_ids=input_ids, attention_mask=attention_mask, encoder_position_ids=encoder_position_ids,
             past_key_values=past_key_values, is_prefill=is_prefill, canvas_length=canvas_length, batch_size=1,
+            mm_token_type_ids=images.get("mm_token_type_ids"),
         )
         encoded = model.model.encoder(
             input_ids=unprocessed, attention_mask=encoder_masks, past_key_values=past_key_values,
             position_ids=encoder_position_ids,
+            **{k: v for k, v in images.items() if k in ("pixel_values", "image_position_ids")},
         )
         past_key_values = encoded.past_key_values
         counters.past_key_values = past_key_values
@@ -502,6 +507,7 @@ def run_generation(
     cached_tokens: int = 0,
     keep_prefix: int = 0,
     forced_reply: str | None = None,
+    vision_inputs: dict[str, Any] | None = None,
 ) -> GenerationResult:
     """Generates a reply to `input_ids` (the uncached part of the prompt when a cache is given).
 
@@ -525,6 +531,8 @@ def run_generation(
     device = next(model.parameters()).device
     started = time.perf_counter()
     prefix_cache = None
+    if keep_prefix and vision_inputs:
+        raise ValueError("a prompt with images is encoded whole (keep_prefix must be 0)")
     if keep_prefix:
         split = keep_prefix - cached_tokens
         if not 0 <= split < len(input_ids):
@@ -554,7 +562,7 @@ def run_generation(
             _denoise(
                 model, prompt, past_key_values=past_key_values, generation_config=generation_config,
                 logits_processor=logits_processor, eos_ids=eos_ids, observer=observer, should_stop=should_stop,
-                counters=counters,
+                counters=counters, vision_inputs=vision_inputs,
             )
     except GenerationCancelled:
         cancelled = True

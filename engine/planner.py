@@ -76,6 +76,10 @@ class Architecture:
     vision_linear: int
     vision_other: int
     layers_quantized: int  # modules our NF4 loader quantizes (linears + experts tensors)
+    vision_hidden_size: int = 0
+    vision_intermediate_size: int = 0
+    vision_attention_heads: int = 0
+    image_patches: int = 0  # patches of one image at the most soft tokens (before pooling)
 
     @property
     def text_total(self) -> int:
@@ -172,6 +176,7 @@ def architecture_from_config(config: dict[str, Any]) -> Architecture:
     quantized_modules += 3
 
     vision_linear = vision_other = 0
+    vh = vi = vheads = patches = 0
     vision = config.get("vision_config")
     if isinstance(vision, dict):
         vh = int(_get(vision, "hidden_size", 768))
@@ -185,6 +190,8 @@ def architecture_from_config(config: dict[str, Any]) -> Architecture:
         per_layer = vh * vheads * vhd + 2 * vh * vkv * vhd + vheads * vhd * vh + 3 * vh * vi
         vision_linear = vl * per_layer + 3 * patch * patch * vh + vh * hidden  # + embed_vision projection
         vision_other = vl * (4 * vh + 2 * vhd) + 2 * positions * vh  # (standardize's scale/bias are buffers)
+        pooling = int(_get(vision, "pooling_kernel_size", 3))
+        patches = int(_get(config, "vision_soft_tokens_per_image", 280)) * pooling * pooling
     return Architecture(
         hidden_size=hidden,
         num_layers=layers,
@@ -206,6 +213,10 @@ def architecture_from_config(config: dict[str, Any]) -> Architecture:
         vision_linear=vision_linear,
         vision_other=vision_other,
         layers_quantized=quantized_modules,
+        vision_hidden_size=vh,
+        vision_intermediate_size=vi,
+        vision_attention_heads=vheads,
+        image_patches=patches,
     )
 
 
@@ -277,10 +288,20 @@ def encoder_prefill_bytes(arch: Architecture, prompt_tokens: int, quantization: 
     return prompt_tokens * per_token + mask + dequant
 
 
-def activation_bytes(arch: Architecture, context_tokens: int, canvas: int, quantization: str) -> int:
+def image_encoding_bytes(arch: Architecture) -> int:
+    """Peak transient memory of the vision tower over one image at its most patches (bf16 hidden
+    states, fp32 attention scores); it is freed before the text prefill starts."""
+    patches = arch.image_patches
+    hidden = patches * (16 * arch.vision_hidden_size + 3 * arch.vision_intermediate_size) * 2
+    attention = arch.vision_attention_heads * patches * patches * 4
+    return hidden + attention
+
+
+def activation_bytes(arch: Architecture, context_tokens: int, canvas: int, quantization: str, vision: bool = False) -> int:
     return max(
         decoder_step_bytes(arch, canvas, quantization),
         encoder_prefill_bytes(arch, context_tokens, quantization),
+        image_encoding_bytes(arch) if vision else 0,
     )
 
 
@@ -328,7 +349,7 @@ def _needed(arch: Architecture, quantization: str, vision: bool, context: int, c
     breakdown = weights_bytes(arch, quantization, vision)
     weights = sum(breakdown.values())
     kv = kv_cache_bytes(arch, context)
-    activations = activation_bytes(arch, context, canvas, quantization)
+    activations = activation_bytes(arch, context, canvas, quantization, vision)
     overhead = CUDA_CONTEXT_BYTES + int(FRAGMENTATION * (kv + activations + weights))
     return weights, kv, activations, overhead, breakdown
 

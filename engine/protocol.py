@@ -18,7 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-PROTOCOL_VERSION = 3  # 2: rewrite_span, span_draft, span_rewritten; 3: the local API server, thinking
+PROTOCOL_VERSION = 4  # 2: rewrite_span, span_draft, span_rewritten; 3: the local API server, thinking;
+# 4: message content may be a list of text and image parts (a text-only message stays one string)
 # A longer line is refused unread: far more than a conversation at the model's 131,072 positions.
 MAX_LINE_BYTES = 16 * 2**20
 
@@ -38,6 +39,8 @@ ErrorCode = Literal[
     "no_model_loaded",
     "bad_settings",
     "bad_span",
+    "bad_image",
+    "vision_unavailable",
     "context_too_long",
     "out_of_memory",
     "load_failed",
@@ -64,9 +67,43 @@ class ProtocolError(ValueError):
 
 
 @dataclass(frozen=True)
+class TextPart:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image file the worker reads itself (the GUI's copy in its data folder): same machine only."""
+
+    path: str
+    media_type: str = ""  # image/png, image/jpeg or image/webp
+    type: Literal["image"] = "image"
+
+
+ContentPart = Union[TextPart, ImagePart]
+# Image files the engine takes (docs/protocol.md); the GUI refuses anything else before sending.
+IMAGE_MEDIA_TYPES: dict[str, str] = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
+MAX_IMAGE_BYTES = 20 * 2**20
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Literal["user", "assistant", "system"]
-    content: str
+    content: str | list[ContentPart]  # a plain string unless the message carries images
+
+    @property
+    def text(self) -> str:
+        """The message's text (its text parts joined by blank lines)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n\n".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        if isinstance(self.content, str):
+            return []
+        return [part for part in self.content if isinstance(part, ImagePart)]
 
 
 @dataclass(frozen=True)
@@ -289,6 +326,7 @@ class ModelLoaded:
     parameters: int
     load_s: float
     is_demo: bool = False
+    accepts_images: bool = False  # the model has a trained vision tower (never the demo model)
 
 
 @dataclass(frozen=True)

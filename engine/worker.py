@@ -19,6 +19,7 @@ from typing import IO, Any
 from engine import __version__, test_switches
 from engine import protocol as p
 from engine.errors import EngineError
+from engine.images import model_accepts_images
 from engine.worker_io import CancelRegistry, DeferredDraft, EventChannel, IoFailure, read_requests
 
 log = logging.getLogger("canvas_chat.engine.worker")
@@ -144,8 +145,34 @@ class Engine:
                 parameters=loaded.parameters,
                 load_s=round(loaded.load_s, 3),
                 is_demo=loaded.is_demo,
+                accepts_images=model_accepts_images(loaded.model, loaded.is_demo),
             )
         )
+
+    def _vision_plan(self, request: p.Generate, images: list[p.ImagePart]):
+        """The whole prompt with its images' soft tokens, and the vision tower's inputs."""
+        from engine.chat_format import encode_chat
+        from engine.conversations import PromptPlan
+        from engine.images import has_vision_tower, image_token_text, load_vision_tower, template_messages, vision_prompt
+
+        loaded = self.loaded
+        assert loaded is not None
+        if not model_accepts_images(loaded.model, loaded.is_demo):
+            what = "The demo model" if loaded.is_demo else f"{loaded.path.name}"
+            raise EngineError("vision_unavailable", f"{what} cannot read images: it has no trained vision tower.")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        if not has_vision_tower(model):
+            log.info("loading the vision tower for the first image (request %s)", request.request_id)
+
+            def progress(stage: str, message: str, fraction: float) -> None:
+                self.emit(p.LoadProgress(request.request_id, stage, message, float(fraction)))
+
+            load_vision_tower(model, loaded.path, progress)
+        messages = template_messages(request.messages, image_token_text(model, tokenizer))
+        if request.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": request.system_prompt})
+        prompt = vision_prompt(model, encode_chat(tokenizer, messages, thinking=request.thinking), images)
+        return PromptPlan(prompt.token_ids, None, 0, 0), prompt.model_inputs
 
     def _unload(self) -> None:
         if self.loaded is None:
@@ -172,10 +199,14 @@ class Engine:
             self._emit_cancelled_before_start(request)
             return
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [{"role": m.role, "content": m.text} for m in request.messages]
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
-        if request.thinking:
+        images = [part for m in request.messages for part in m.images]
+        vision_inputs = None
+        if images:
+            plan, vision_inputs = self._vision_plan(request, images)
+        elif request.thinking:
             plan = _thinking_plan(tokenizer, messages)
         else:
             plan = self.caches.plan(tokenizer, request.conversation_id, messages, request.reuse_cache)
@@ -234,6 +265,7 @@ class Engine:
                 past_key_values=plan.past_key_values,
                 cached_tokens=plan.cached_tokens,
                 keep_prefix=plan.keep_prefix,
+                vision_inputs=vision_inputs,
             )
         finally:
             self.cancels.forget(request_id)
@@ -245,6 +277,8 @@ class Engine:
             parsed = parse_reply(tokenizer, plan.full_ids, result.token_ids)
             text, reasoning = parsed.get("content") or "", parsed.get("reasoning_content") or ""
             self.caches.drop(request.conversation_id)  # a thinking turn re-renders differently next time
+        elif images:
+            self.caches.drop(request.conversation_id)  # a prompt with images is encoded whole each turn
         else:
             # The copy taken before the reply: valid whatever the reply did (cancelled, cut by length).
             self.caches.remember(request.conversation_id, plan.full_ids[: plan.keep_prefix], result.prefix_cache)
@@ -269,7 +303,7 @@ class Engine:
             span_start, span_end = token_span_of_characters(tokenizer, reply_ids, reply_text, span_start, span_end)
         # Where the whole span lies, sent with every draft: the GUI draws the old text around it.
         _, span_chars, _ = character_ranges(tokenizer, reply_ids, span_start, span_end)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [{"role": m.role, "content": m.text} for m in request.messages]
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
         pieces = self.pieces

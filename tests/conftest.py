@@ -112,6 +112,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_folder(tmp_path_factory.mktemp("tiny-model") / "tiny-diffusiongemma")
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_model_dir(tmp_path_factory) -> Path:
+    """A tiny DiffusionGemma whose vision tower takes images (70 soft tokens an image)."""
+    from tests.tiny_model import build_tiny_vision_model_folder
+
+    return build_tiny_vision_model_folder(tmp_path_factory.mktemp("tiny-vision-model") / "tiny-diffusiongemma-vision")
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
     """Fails a test that leaves a child process (a worker, a download) running."""

@@ -151,3 +151,32 @@ def test_every_download_error_code_is_one_of_the_download_events():
     assert used
     unknown = {code: where for code, where in used.items() if code not in known}
     assert not unknown, f"add these to app.setup.download_events.DownloadErrorCode: {unknown}"
+
+
+# ---------------------------------------------------------------------------- v4: image parts
+
+
+def test_a_text_only_message_stays_one_string_on_the_wire():
+    line = p.encode(p.Generate("g1", [p.ChatMessage("user", "Hello")]))
+    assert '"messages":[{"role":"user","content":"Hello"}]' in line
+
+
+def test_image_parts_round_trip_and_keep_their_order():
+    message = p.ChatMessage(
+        "user", [p.TextPart("Compare"), p.ImagePart("/data/images/c/1.png", "image/png"), p.TextPart("with this")]
+    )
+    decoded = p.decode(p.encode(p.Generate("g2", [message])))
+    assert decoded.messages == [message]
+    assert decoded.messages[0].text == "Compare\n\nwith this"
+    assert [part.path for part in decoded.messages[0].images] == ["/data/images/c/1.png"]
+
+
+def test_a_v3_line_with_string_content_still_decodes():
+    line = '{"type":"generate","request_id":"g3","messages":[{"role":"user","content":"Hi"}]}'
+    assert p.decode(line).messages[0].content == "Hi"
+
+
+def test_an_unknown_content_part_is_refused():
+    line = '{"type":"generate","request_id":"g4","messages":[{"role":"user","content":[{"type":"audio","data":"x"}]}]}'
+    with pytest.raises(p.ProtocolError, match="matches none"):
+        p.decode(line)

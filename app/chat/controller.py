@@ -48,7 +48,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PySide6.QtCore import QObject, Signal
 
@@ -66,6 +66,7 @@ from app.chat.replay import ReplayPlayer, ReplayRecorder
 from app.chat.rewrite import SpanRewrites
 from app.settings import Settings
 from app.chat.store import ChatStore, SearchHit, StoreWriteError
+from app.chat.attachments import ImageSource, chat_message_of, sources_of, write_image_files
 from engine.protocol import CanvasCommitted, ChatMessage, Done, Draft, Error
 
 log = logging.getLogger("canvas_chat.controller")
@@ -237,19 +238,27 @@ class ConversationController(QObject):
 
     # ------------------------------------------------------------------ replies
 
-    def send(self, text: str) -> str | None:
-        """Sends a user message in the open conversation (a new one if none is open)."""
+    def send(self, text: str, images: Sequence[ImageSource] = ()) -> str | None:
+        """Sends a user message (with `images`, checked by the composer) in the open conversation
+        (a new one if none is open). None when nothing was sent (and nothing stored)."""
         text = text.strip()
-        if not text or self.is_generating:
+        if (not text and not images) or self.is_generating:
             return None
         if not self.current_conversation_id and self.new_conversation() is None:
             return None
         conversation_id = self.current_conversation_id
         user_message = Message(role="user", content=text, conversation_id=conversation_id, status="sending")
+        if images:
+            try:
+                stored = write_image_files(self.store.images_root, conversation_id, user_message.id, list(images))
+            except OSError as exc:
+                self.store_failed.emit(f"Could not save the image(s) with the chat: {exc}. Nothing was sent.")
+                return None
+            user_message.attachments = tuple(stored)
         self._add(user_message)
         conversation = self.conversations.get(conversation_id)
         if conversation is not None and conversation.title == DEFAULT_TITLE:
-            self.rename_conversation(conversation_id, title_from(text))
+            self.rename_conversation(conversation_id, title_from(text or images[0].name))
         message_id = self._start_reply(conversation_id)
         self._set_status(user_message, "finished")
         return message_id
@@ -290,8 +299,10 @@ class ConversationController(QObject):
             and conversation.title == title_from(message.content)
         ):
             self.rename_conversation(conversation.id, title_from(text))
+        # The message's images go with the new text (read before their files are deleted with it).
+        images = sources_of(message.attachments)
         self._remove_from(message_id)
-        return self.send(text)
+        return self.send(text, images)
 
     def replay_player(self, message_id: str, speed: float | None = None) -> ReplayPlayer | None:
         message = self.transcript.get(message_id)
@@ -307,7 +318,7 @@ class ConversationController(QObject):
                 continue
             if message.status == "streaming":
                 continue
-            history.append(ChatMessage(role=message.role, content=message.content))
+            history.append(chat_message_of(message))
         return history
 
     def _start_reply(self, conversation_id: str) -> str:

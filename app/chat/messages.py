@@ -67,6 +67,7 @@ class Message:
     id: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    attachments: tuple[Any, ...] = ()  # app.chat.attachments.Attachment: images of a user message
     # A finished reply's token ids as the engine gave them (what a rewrite of a span starts from),
     # and its versions once a span was rewritten (app.chat.versions.ReplyVersions).
     token_ids: tuple[int, ...] = ()

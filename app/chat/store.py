@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine import paths
+from app.chat.attachments import IMAGES_FOLDER, Attachment, remove_conversation_images, remove_image_files
 from app.chat.messages import DEFAULT_TITLE, Conversation, Message
 from app.chat.versions import ReplyVersions
 
@@ -109,6 +110,24 @@ def _migration_add_reply_backend(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''")
 
 
+def _migration_add_attachments(db: sqlite3.Connection) -> None:
+    """Images of user messages: the files live in `images/<conversation id>/` beside the database."""
+    db.execute(
+        """CREATE TABLE attachments (
+            id TEXT PRIMARY KEY,
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            file_name TEXT NOT NULL,
+            media_type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            size_bytes INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX attachments_by_message ON attachments(message_id, position)")
+
+
 def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
     """A reply's token ids (what a span rewrite starts from) and, once rewritten, its versions."""
     db.execute("ALTER TABLE messages ADD COLUMN token_ids TEXT")  # JSON list of ints
@@ -120,6 +139,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_add_reply_backend,
+    _migration_add_attachments,
     _migration_add_reply_tokens_and_versions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -282,10 +302,19 @@ class ChatStore:
             db.execute("UPDATE conversations SET deleted = NULL WHERE id = ?", (conversation_id,))
         return self.get_conversation(conversation_id)
 
+    @property
+    def images_root(self) -> Path:
+        """Where attached images are kept: beside the database, one folder per conversation."""
+        return self.path.parent / IMAGES_FOLDER
+
     def purge_deleted(self) -> int:
-        """Removes soft-deleted conversations for good (called on open: undo lasts one session)."""
+        """Removes soft-deleted conversations for good (called on open: undo lasts one session),
+        with their images."""
         with self._write() as db:
+            doomed = [row["id"] for row in db.execute("SELECT id FROM conversations WHERE deleted IS NOT NULL")]
             cursor = db.execute("DELETE FROM conversations WHERE deleted IS NOT NULL")
+        for conversation_id in doomed:
+            remove_conversation_images(self.images_root, conversation_id)
         return cursor.rowcount
 
     def import_chats(self, chats: list[Any]) -> list[Conversation]:
@@ -315,11 +344,12 @@ class ChatStore:
     # ------------------------------------------------------------------ messages
 
     @staticmethod
-    def _message(row: sqlite3.Row) -> Message:
+    def _message(row: sqlite3.Row, attachments: tuple[Attachment, ...] = ()) -> Message:
         stats = json.loads(row["stats"]) if row["stats"] else None
         token_ids = tuple(json.loads(row["token_ids"])) if row["token_ids"] else ()
         versions = ReplyVersions.from_json(row["versions"]) if row["versions"] else None
         return Message(
+            attachments=attachments,
             id=row["id"],
             conversation_id=row["conversation_id"],
             role=row["role"],
@@ -340,11 +370,39 @@ class ChatStore:
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY seq",
             (conversation_id,),
         ).fetchall()
-        return [self._message(row) for row in rows]
+        images = self._attachments(
+            "SELECT a.* FROM attachments a JOIN messages m ON m.id = a.message_id WHERE m.conversation_id = ? "
+            "ORDER BY a.position",
+            conversation_id,
+        )
+        return [self._message(row, images.get(row["id"], ())) for row in rows]
 
     def get_message(self, message_id: str) -> Message | None:
         row = self._db.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
-        return self._message(row) if row else None
+        if row is None:
+            return None
+        images = self._attachments("SELECT * FROM attachments WHERE message_id = ? ORDER BY position", message_id)
+        return self._message(row, images.get(message_id, ()))
+
+    def _attachments(self, query: str, key: str) -> dict[str, tuple[Attachment, ...]]:
+        found: dict[str, list[Attachment]] = {}
+        for row in self._db.execute(query, (key,)).fetchall():
+            conversation_id = self._db.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (row["message_id"],)
+            ).fetchone()[0]
+            found.setdefault(row["message_id"], []).append(
+                Attachment(
+                    message_id=row["message_id"],
+                    path=self.images_root / conversation_id / row["file_name"],
+                    media_type=row["media_type"],
+                    name=row["name"],
+                    width=row["width"],
+                    height=row["height"],
+                    size_bytes=row["size_bytes"],
+                    id=row["id"],
+                )
+            )
+        return {message_id: tuple(items) for message_id, items in found.items()}
 
     def add_message(self, message: Message) -> None:
         """Inserts a message (at the end of its conversation) and bumps the conversation."""
@@ -369,6 +427,15 @@ class ChatStore:
                     message.versions.to_json() if message.versions is not None else None,
                 ),
             )
+            for position, attachment in enumerate(message.attachments):
+                db.execute(
+                    "INSERT INTO attachments (id, message_id, position, file_name, media_type, name, width, height, "
+                    "size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        attachment.id, message.id, position, attachment.path.name, attachment.media_type,
+                        attachment.name, attachment.width, attachment.height, attachment.size_bytes,
+                    ),
+                )
             db.execute(
                 "UPDATE conversations SET updated = ? WHERE id = ?", (message.updated, message.conversation_id)
             )
@@ -401,6 +468,11 @@ class ChatStore:
         row = self._db.execute("SELECT seq, conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
         if row is None:
             return []
+        images = self._attachments(
+            "SELECT a.* FROM attachments a JOIN messages m ON m.id = a.message_id WHERE m.conversation_id = ? "
+            "ORDER BY a.position",
+            row["conversation_id"],
+        )
         with self._write() as db:
             doomed = db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq >= ? ORDER BY seq",
@@ -409,7 +481,10 @@ class ChatStore:
             db.execute(
                 "DELETE FROM messages WHERE conversation_id = ? AND seq >= ?", (row["conversation_id"], row["seq"])
             )
-        return [self._message(r) for r in doomed]
+        deleted = [self._message(r, images.get(r["id"], ())) for r in doomed]
+        for message in deleted:
+            remove_image_files(list(message.attachments))
+        return deleted
 
     # ------------------------------------------------------------------ search
 

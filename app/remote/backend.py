@@ -160,7 +160,8 @@ class RemoteBackend(QObject):
     ) -> dict[str, Any]:
         settings = settings or GenerationSettings()
         wire = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        wire += [{"role": m.role, "content": m.content} for m in messages]
+        # A server gets text only (the attach button is off while one is used): earlier images stay here.
+        wire += [{"role": m.role, "content": m.text} for m in messages]
         body: dict[str, Any] = {
             "model": self.server.model,
             "messages": wire,

@@ -13,6 +13,7 @@ from PySide6.QtCore import QEvent, QObject
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QLabel, QMenu
 
+from app.window.attachment_strip import attach_state
 from app.remote.backend import RemoteBackend
 from app.remote.connect_dialog import ConnectDialog
 from app.remote.server import RemoteServer, load_api_key, save_api_key
@@ -113,6 +114,7 @@ class RemoteConnection(QObject):
         self.backend_label.setStyleSheet("color: #2f6fde;")
         self.backend_label.show()
         self.window.engine_status.hide()  # the local worker's state says nothing about these replies
+        self.window.composer.attach_button.set_model_accepts_images(*attach_state(None, remote=True))
         self.window._update_empty_state()
         return True
 
@@ -122,6 +124,7 @@ class RemoteConnection(QObject):
         self._drop_backend()
         self.backend_label.hide()
         self.window.engine_status.show()
+        self.window.composer.attach_button.set_model_accepts_images(*attach_state(self.window.client.model_info))
         self.window._update_empty_state()
         self._save(remote_enabled=False)
         if self.window.client.state == EngineState.STOPPED and self.window.client.model_info is None:

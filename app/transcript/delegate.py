@@ -34,6 +34,7 @@ from app.transcript.span_animation import draw_span_into, source_with_mark
 from app.transcript.thought_channel import reasoning_of, with_thought
 
 from app.transcript.animation import AnimatedRow
+from app.transcript.message_images import MessageImages
 
 if typing.TYPE_CHECKING:
     from app.transcript.markdown_render import RenderedMarkdown
@@ -119,6 +120,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         self._mono_family = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
         self.paint_counts: Counter[str] = Counter()  # paints per message id (tests, benchmark)
         self.code_font = QFont(self._mono_family, self._font.pointSize())
+        self.images = MessageImages()
 
     # -- configuration
 
@@ -210,6 +212,9 @@ class TranscriptDelegate(QStyledItemDelegate):
         doc, _ = self.document_for(message, content_width)
         doc_width = int(doc.textWidth()) if message.role == "user" else content_width
         body_height = self._body_height(message, doc, content_width)
+        images = self.images.block_size(message, content_width)
+        doc_width = max(doc_width, images.width())
+        body_height += images.height()
         bubble_width = doc_width + 2 * BUBBLE_PAD_X
         if message.role == "user":
             left = option_rect.right() - SIDE_MARGIN - bubble_width + 1
@@ -220,7 +225,7 @@ class TranscriptDelegate(QStyledItemDelegate):
         return RowGeometry(
             bubble=bubble,
             content_left=left + BUBBLE_PAD_X,
-            content_top=bubble.top() + BUBBLE_PAD_Y,
+            content_top=bubble.top() + BUBBLE_PAD_Y + images.height(),
             content_width=doc_width,
             footer_top=bubble.bottom() + 2,
             links=links,
@@ -231,6 +236,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         row = self._view.animated_row(message.id)
         if row is not None:
             height += self.canvas_block_height(row, content_width)
+        if getattr(message, "attachments", ()) and not height:
+            return 0  # images only: the thumbnails are the body
         return int(max(height, QFontMetricsF(self._font).height()))
 
     def _footer_links(self, message: Any, bubble: QRect) -> dict[str, QRect]:
@@ -338,6 +345,11 @@ class TranscriptDelegate(QStyledItemDelegate):
             painter.drawPath(path)
 
         content_width = geometry.content_width
+        if getattr(message, "attachments", ()):
+            self.images.paint(
+                painter, message, geometry.content_left, geometry.bubble.top() + BUBBLE_PAD_Y, content_width,
+                colors.assistant_border,
+            )
         doc, _ = self.document_for(message, self.content_width(message.role, viewport_width))
         y = float(geometry.content_top)
         shown = self.shown_text(message)

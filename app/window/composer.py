@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the module)
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QMimeData, QSize, Qt, Signal
 from PySide6.QtGui import QFontMetrics, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.window.attachment_strip import AttachButton, AttachmentStrip, mime_has_images
+
 MAX_VISIBLE_LINES = 10
 
 
@@ -30,6 +32,7 @@ class ComposerEdit(QPlainTextEdit):
 
     submitted = Signal()
     escape_pressed = Signal()
+    images_offered = Signal(QMimeData)  # a paste or a drop that holds images (they are not text)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -55,6 +58,15 @@ class ComposerEdit(QPlainTextEdit):
             self.escape_pressed.emit()
             return
         super().keyPressEvent(event)
+
+    def canInsertFromMimeData(self, source: QMimeData) -> bool:
+        return mime_has_images(source) or super().canInsertFromMimeData(source)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        if mime_has_images(source):
+            self.images_offered.emit(source)
+            return
+        super().insertFromMimeData(source)
 
     def _on_document_contents_changed(self) -> None:
         metrics = QFontMetrics(self.font())
@@ -92,6 +104,12 @@ class Composer(QFrame):
         self.edit.submitted.connect(self._on_edit_submitted)
         self.edit.escape_pressed.connect(self._on_edit_escape_pressed)
         self.edit.textChanged.connect(self._update_buttons)
+        self.attachments = AttachmentStrip(self)
+        self.attachments.changed.connect(self._update_buttons)
+        self.attach_button = AttachButton(self)
+        self.attach_button.files_chosen.connect(self.attachments.add_files)
+        self.edit.images_offered.connect(self._on_edit_images_offered)
+        self.setAcceptDrops(True)
 
         self.edit_bar = QFrame(self)
         self.edit_bar.setObjectName("composerEditBar")
@@ -124,6 +142,7 @@ class Composer(QFrame):
         buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
         buttons.setSpacing(6)
+        buttons.addWidget(self.attach_button)
         buttons.addWidget(self.hint, 1)
         buttons.addWidget(self.regenerate_button)
         buttons.addWidget(self.stop_button)
@@ -134,10 +153,19 @@ class Composer(QFrame):
         layout.setContentsMargins(16, 8, 16, 8)
         layout.setSpacing(6)
         layout.addWidget(self.edit_bar)
+        layout.addWidget(self.attachments)
         layout.addWidget(self.edit)
         layout.addLayout(buttons)
         self._can_regenerate = False
         self._update_buttons()
+
+    def dragEnterEvent(self, event) -> None:
+        if mime_has_images(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        self._on_edit_images_offered(event.mimeData())
+        event.acceptProposedAction()
 
     def add_option(self, widget) -> None:
         """A per-chat option (such as the thinking toggle) on the left of the buttons row."""
@@ -190,7 +218,7 @@ class Composer(QFrame):
     def submit(self) -> bool:
         """Sends what is typed (or the edit); False when there is nothing to send or it cannot go now."""
         text = self.text().strip()
-        if not text or self._generating or not self._can_send:
+        if not (text or self.attachments.sources()) or self._generating or not self._can_send:
             return False
         editing = self._editing_id
         self.edit.clear()
@@ -211,6 +239,12 @@ class Composer(QFrame):
     def _on_send_button_clicked(self) -> None:
         self.submit()
 
+    def _on_edit_images_offered(self, mime: QMimeData) -> None:
+        if self.attach_button.isEnabled():
+            self.attachments.add_mime(mime)
+        else:
+            self.attachments.show_problem(self.attach_button.toolTip())
+
     def _on_edit_escape_pressed(self) -> None:
         if self._generating:
             self.sig_stop_requested.emit()
@@ -218,7 +252,7 @@ class Composer(QFrame):
             self.cancel_edit()
 
     def _update_buttons(self) -> None:
-        has_text = bool(self.edit.toPlainText().strip())
+        has_text = bool(self.edit.toPlainText().strip()) or bool(self.attachments.sources())
         self.send_button.setText("Resend" if self._editing_id else "Send")
         self.send_button.setEnabled(has_text and self._can_send and not self._generating)
         self.stop_button.setEnabled(self._generating)

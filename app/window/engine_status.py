@@ -88,6 +88,8 @@ class EngineStatus(QWidget):
         self.model_label.setText("")
 
     def show_progress(self, fraction: float, message: str) -> None:
+        # Also mid-reply: the first image of a 4-bit load brings the vision tower in (until the next state).
+        self.progress.setVisible(True)
         self.progress.setValue(int(max(0.0, min(1.0, fraction)) * 100))
         self.label.setText(STATE_TEXT[EngineState.LOADING] + (f"  {message}" if message else ""))
 

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QSplitter, QVBo
 
 from app.setup.model_choice import ModelChoice, choose_model
 from app.window.composer import Composer
+from app.window.attachment_strip import attach_state
 from app.chat.controller import ConversationController
 from app.window.engine_status import EngineBanner, EngineStatus
 from app.worker.engine_client import EngineClient, EngineState
@@ -259,6 +260,7 @@ class MainWindow(QMainWindow):
             self.banner.kind = ""
         self._on_client_state_changed(self.client.state)
         self._update_empty_state()
+        self.composer.attach_button.set_model_accepts_images(*attach_state(info, remote=self.remote.backend is not None))
         self.model_ready.emit(info)
 
     def _on_client_worker_crashed(self, exit_code: int, log_lines: list) -> None:
@@ -336,15 +338,18 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ replies
 
-    def send(self, text: str) -> str | None:
-        """Sends a message as if typed (returns the reply's message id, or None)."""
-        message_id = self.controller.send(text)
+    def send(self, text: str, images: list | None = None) -> str | None:
+        """Sends a message as if typed, with images (`ImageSource`s) if given (returns the reply's
+        message id, or None)."""
+        message_id = self.controller.send(text, images or [])
         self.sidebar.refresh_search()
         return message_id
 
     def _on_composer_send_requested(self, text: str) -> None:
-        if self.send(text) is None:
+        if self.send(text, self.composer.attachments.sources()) is None:
             self.composer.set_text(text)
+        else:
+            self.composer.attachments.clear()
 
     def _on_composer_edit_submitted(self, message_id: str, text: str) -> None:
         if self.controller.edit_and_resend(message_id, text) is None:

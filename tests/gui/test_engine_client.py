@@ -293,14 +293,17 @@ def test_draft_throttle_keeps_the_latest_and_never_outlives_a_commit(qapp, qtbot
     client.deleteLater()
 
 
-def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog):
+@pytest.mark.parametrize("version", [3, "newer"], ids=["v3-worker-without-images", "newer-worker"])
+def test_a_worker_speaking_another_protocol_is_refused(qapp, qtbot, caplog, version):
     from engine import protocol
 
     client = EngineClient()
-    ready = protocol.Ready("hello-1", protocol_version=protocol.PROTOCOL_VERSION + 1, engine_version="9", pid=1)
+    version = protocol.PROTOCOL_VERSION + 1 if version == "newer" else version
+    ready = protocol.Ready("hello-1", protocol_version=version, engine_version="9", pid=1)
     with qtbot.waitSignal(client.error_received, timeout=1000) as error:
         client._handle_line(protocol.encode(ready).encode())
     assert (error.args[0].code, error.args[0].recoverable) == ("protocol_mismatch", False)
+    assert f"protocol {version}" in error.args[0].message and f"speaks {protocol.PROTOCOL_VERSION}" in error.args[0].message
     assert client.state == EngineState.STOPPED and client.engine_version == ""
     client.deleteLater()
 
