@@ -76,6 +76,7 @@ class Settings:
     remote_url: str = ""
     remote_model: str = ""
     remote_diffusiongemma: bool = True
+    chat_panel_open: bool = True  # the chat's settings panel on the right of the window
 
     def with_preset(self, name: str) -> Settings:
         """These settings with a named preset's sampling values (or just marked custom)."""
@@ -176,6 +177,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "remote_url": lambda v: isinstance(v, str),
     "remote_model": lambda v: isinstance(v, str),
     "remote_diffusiongemma": lambda v: isinstance(v, bool),
+    "chat_panel_open": lambda v: isinstance(v, bool),
 }
 
 

@@ -327,6 +327,9 @@ class ModelLoaded:
     load_s: float
     is_demo: bool = False
     accepts_images: bool = False  # the model has a trained vision tower (never the demo model)
+    context_window: int = 0  # the model's positions (max_position_embeddings); 0 = unknown
+    torch_version: str = ""
+    transformers_version: str = ""
 
 
 @dataclass(frozen=True)

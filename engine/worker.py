@@ -146,6 +146,8 @@ class Engine:
                 load_s=round(loaded.load_s, 3),
                 is_demo=loaded.is_demo,
                 accepts_images=model_accepts_images(loaded.model, loaded.is_demo),
+                context_window=_context_window(loaded.model),
+                **_runtime_versions(),
             )
         )
 
@@ -473,6 +475,21 @@ def _answer_of(tokenizer, prompt_ids: list[int], reply_ids: list[int]) -> str:
     from engine.chat_format import parse_reply
 
     return parse_reply(tokenizer, prompt_ids, reply_ids).get("content") or ""
+
+
+def _context_window(model: Any) -> int:
+    """The model's positions (its text config's max_position_embeddings); 0 when it has none."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text_config, "max_position_embeddings", 0)
+    return window if isinstance(window, int) and window > 0 else 0
+
+
+def _runtime_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch_version": str(torch.__version__), "transformers_version": str(transformers.__version__)}
 
 
 def _is_api_job(request: Any) -> bool:

@@ -24,13 +24,15 @@ Methods
                                                  EngineClient or an app.remote RemoteBackend); False
                                                  while a reply is generating
     backend (attribute)                          where the next reply comes from (a ChatBackend)
-    settings (attribute)                         an app.settings.Settings used for the next reply
+    settings (attribute)                         an app.settings.Settings: the defaults new chats start from
+    chat_settings / set_chat_settings(cs)        the open chat's ChatSettings (saved with it), used by its next reply
 
 Signals
     reply_started(message_id)                    an assistant message was inserted, status "streaming"
     reply_finished(message_id, status)           "finished" | "stopped" | "interrupted" | "error"
     generating_changed(bool)
     conversation_opened(conversation_id)         "" when none is open
+    chat_settings_changed(ChatSettings)          the open chat's settings changed (edited, or new defaults)
     store_failed(text)                           a write failed (full disk, read-only); text is for the user.
                                                  Nothing is lost from memory, and refused writes are
                                                  retried before the next write.
@@ -53,6 +55,7 @@ from typing import Any, Callable, Sequence
 from PySide6.QtCore import QObject, Signal
 
 from app.chat.backend import ChatBackend, answered_by
+from app.chat.chat_settings import ChatSettings, ChatSettingsBook
 from app.chat.messages import (
     DEFAULT_TITLE,
     Conversation,
@@ -93,6 +96,8 @@ class ConversationController(QObject):
     reply_finished = Signal(str, str)
     generating_changed = Signal(bool)
     conversation_opened = Signal(str)
+    chat_settings_changed = Signal(object)
+    backend_changed = Signal(object)  # the ChatBackend the next replies come from
     store_failed = Signal(str)
 
     def __init__(
@@ -106,7 +111,7 @@ class ConversationController(QObject):
         self.store = store
         self.client = client
         self.backend: ChatBackend = client
-        self.settings = settings or Settings()
+        self._settings = settings or Settings()
         self.conversations = ConversationList(store.list_conversations())
         self.transcript = Transcript()
         self._active: _ActiveReply | None = None
@@ -114,8 +119,7 @@ class ConversationController(QObject):
         # whole messages whose insert failed, and fields of stored messages whose update failed.
         self._unsaved: dict[str, Message] = {}
         self._unsaved_fields: dict[str, dict[str, Any]] = {}
-        # The thinking toggle, per conversation ("" = the chat not created yet); this session only.
-        self._thinking: dict[str, bool] = {}
+        self._chat_settings = ChatSettingsBook(store.conversation_settings, lambda: self._settings)
         self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
         self._listen_to(client)
         # Rewriting in place needs the local engine (a remote server has no such request).
@@ -151,6 +155,7 @@ class ConversationController(QObject):
             self._stop_listening()
             self.backend = backend
             self._listen_to(backend)
+            self.backend_changed.emit(backend)
         return True
 
     # ------------------------------------------------------------------ state
@@ -175,19 +180,49 @@ class ConversationController(QObject):
     # ------------------------------------------------------------------ conversations
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self.chat_settings_changed.emit(self.chat_settings)  # a chat without its own follows them
+
+    @property
+    def chat_settings(self) -> ChatSettings:
+        """The open conversation's settings (its next reply uses them)."""
+        return self._chat_settings.get(self.current_conversation_id)
+
+    def set_chat_settings(self, chat_settings: ChatSettings) -> None:
+        """Changes the open chat's settings and saves them with it (a chat not created yet gets them
+        when it is). Values outside engine.protocol.SETTING_RANGES are refused (ValueError)."""
+        problems = chat_settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        conversation_id = self.current_conversation_id
+        if chat_settings == self.chat_settings:
+            return
+        self._chat_settings.put(conversation_id, chat_settings)
+        if conversation_id:
+            self._write(self.store.save_conversation_settings, conversation_id, chat_settings.to_dict())
+        self.chat_settings_changed.emit(chat_settings)
+
+    @property
     def thinking(self) -> bool:
         """Whether replies in the open conversation think first (the model's thought channel)."""
-        return self._thinking.get(self.current_conversation_id, False)
+        return self.chat_settings.thinking
 
     def set_thinking(self, enabled: bool) -> None:
-        self._thinking[self.current_conversation_id] = enabled
+        self.set_chat_settings(dataclasses.replace(self.chat_settings, thinking=enabled))
 
     def new_conversation(self) -> Conversation | None:
         conversation = self._write(self.store.create_conversation)
         if conversation is None:
             return None
-        if self.current_conversation_id == "" and self._thinking.pop("", False):
-            self._thinking[conversation.id] = True  # toggled before the first message
+        # A chat starts from the defaults in Settings, or from the edits made before it existed.
+        pending = self._chat_settings.take_pending() if self.current_conversation_id == "" else self._chat_settings.defaults()
+        self._chat_settings.put(conversation.id, pending)
+        self._write(self.store.save_conversation_settings, conversation.id, pending.to_dict())
         self.conversations.insert(0, conversation)
         self.open_conversation(conversation.id)
         return conversation
@@ -207,6 +242,7 @@ class ConversationController(QObject):
             messages = [self.rewrites.live_message(m) for m in messages]
             self.transcript.load(conversation_id, messages)
         self.conversation_opened.emit(conversation_id)
+        self.chat_settings_changed.emit(self.chat_settings)
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:
         title = title.strip() or DEFAULT_TITLE
@@ -331,12 +367,16 @@ class ConversationController(QObject):
             answered_by=answered_by(self.backend),
         )
         self._add(reply)
+        chat_settings = self._chat_settings.get(conversation_id)
+        # The worker keys its KV cache by conversation_id and reuses it only while the rendered
+        # prompt (system prompt included) starts with the cached tokens, so a changed system
+        # prompt re-encodes the chat (tests/gui/test_chat_panel.py checks it through the worker).
         request_id = self.backend.generate(
             conversation_id,
             history,
-            self.settings.system_prompt,
-            self.settings.generation_settings(),
-            thinking=self._thinking.get(conversation_id, False),
+            chat_settings.system_prompt,
+            chat_settings.generation_settings(),
+            thinking=chat_settings.thinking,
         )
         self._active = _ActiveReply(request_id, reply, ReplayRecorder())
         self.reply_started.emit(reply.id)

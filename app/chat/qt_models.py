@@ -13,6 +13,7 @@ from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject,
 
 import app.qt_compat  # noqa: F401  (PySide6 6.12 / CPython 3.11 refcount fix, before any emit)
 
+from app.chat.message_text import accessible_description, accessible_text, timestamp_tooltip
 from app.chat.messages import Conversation, ConversationList, Message, ObservableList, Transcript
 
 T = TypeVar("T")
@@ -113,12 +114,13 @@ class _ObservableListModel(QAbstractListModel, Generic[T]):
         return []  # all roles
 
 
+_ACCESSIBLE_ROLES = [Qt.ItemDataRole.AccessibleTextRole, Qt.ItemDataRole.AccessibleDescriptionRole]
 _MESSAGE_FIELD_ROLES: dict[str, list[int]] = {
-    "content": [Qt.ItemDataRole.DisplayRole, MessageRole.CONTENT],
-    "status": [MessageRole.STATUS],
+    "content": [Qt.ItemDataRole.DisplayRole, MessageRole.CONTENT, *_ACCESSIBLE_ROLES],
+    "status": [MessageRole.STATUS, *_ACCESSIBLE_ROLES],
     "stats": [MessageRole.STATS],
     "draft": [MessageRole.DRAFT],
-    "error": [MessageRole.ERROR],
+    "error": [MessageRole.ERROR, Qt.ItemDataRole.AccessibleDescriptionRole],
     "replay": [MessageRole.HAS_REPLAY],
     "updated": [],  # the time of the last stored change: no role shows it
 }
@@ -152,6 +154,12 @@ class TranscriptListModel(_ObservableListModel[Message]):
             return message.error
         if role == MessageRole.HAS_REPLAY:
             return message.replay is not None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return timestamp_tooltip(message)
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return accessible_text(message)
+        if role == Qt.ItemDataRole.AccessibleDescriptionRole:
+            return accessible_description(message)
         return None
 
     def roleNames(self) -> dict[int, QByteArray]:

@@ -116,7 +116,7 @@ class SpanRewrites(QObject):
         ]
         if not history or history[-1].role != "user":
             return "This reply does not follow a question, so it cannot be rewritten."
-        settings = controller.settings
+        settings = controller.chat_settings  # the open chat's own (the reply is in it)
         request_id = self._client.rewrite_span(
             history,
             message.token_ids,

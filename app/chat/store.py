@@ -128,6 +128,11 @@ def _migration_add_attachments(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX attachments_by_message ON attachments(message_id, position)")
 
 
+def _migration_add_conversation_settings(db: sqlite3.Connection) -> None:
+    """Per-chat settings (app.chat.chat_settings) as JSON; NULL: the chat follows the defaults."""
+    db.execute("ALTER TABLE conversations ADD COLUMN settings TEXT")
+
+
 def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
     """A reply's token ids (what a span rewrite starts from) and, once rewritten, its versions."""
     db.execute("ALTER TABLE messages ADD COLUMN token_ids TEXT")  # JSON list of ints
@@ -140,6 +145,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_2,
     _migration_add_reply_backend,
     _migration_add_attachments,
+    _migration_add_conversation_settings,
     _migration_add_reply_tokens_and_versions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -285,6 +291,24 @@ class ChatStore:
     def rename_conversation(self, conversation_id: str, title: str) -> None:
         with self._write() as db:
             db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+
+    def conversation_settings(self, conversation_id: str) -> dict[str, Any] | None:
+        """The chat's saved settings, or None when it has none (or they are not readable JSON)."""
+        row = self._db.execute("SELECT settings FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None or row["settings"] is None:
+            return None
+        try:
+            return json.loads(row["settings"])
+        except ValueError:
+            log.warning("conversation %s has unreadable settings; using the defaults", conversation_id)
+            return None
+
+    def save_conversation_settings(self, conversation_id: str, settings: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE conversations SET settings = ? WHERE id = ?",
+                (json.dumps(settings, ensure_ascii=False), conversation_id),
+            )
 
     def touch_conversation(self, conversation_id: str, when: float | None = None) -> None:
         with self._write() as db:

@@ -451,6 +451,8 @@ class TranscriptDelegate(QStyledItemDelegate):
 
     def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> QWidget:
         browser = QTextBrowser(parent)
+        browser.setAccessibleName("Selectable message text")
+        browser.setAccessibleDescription(index.data(Qt.ItemDataRole.AccessibleTextRole) or "")
         browser.setFrameShape(QTextBrowser.Shape.NoFrame)
         browser.setOpenLinks(False)
         browser.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

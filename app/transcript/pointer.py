@@ -8,7 +8,7 @@ import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the mod
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QTextCursor
+from PySide6.QtGui import QAction, QContextMenuEvent, QDesktopServices, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import QMenu, QTextBrowser
 
 from app.transcript.delegate import message_of
@@ -198,7 +198,8 @@ class TranscriptPointer:
 
     def contextMenuEvent(self, event) -> None:
         index = self.indexAt(event.pos())
-        if not index.isValid() and self._selected_id:
+        keyboard = event.reason() == QContextMenuEvent.Reason.Keyboard
+        if (keyboard or not index.isValid()) and self._selected_id:
             index = self.index_of_message(self._selected_id)
         message = message_of(index) if index.isValid() else None
         if message is None:

@@ -132,7 +132,9 @@ class ChatFiles(QObject):
         for conversation_id in conversation_ids:
             conversation = store.get_conversation(conversation_id)
             if conversation is not None:
-                chats.append(chat_of(conversation, store.messages(conversation_id)))
+                chat = chat_of(conversation, store.messages(conversation_id))
+                chat.settings = store.conversation_settings(conversation_id)  # the chat panel's, if any
+                chats.append(chat)
         return chats
 
     def _save(self, conversation_ids: list[str], as_json: bool, include_replay: bool) -> None:

@@ -32,6 +32,10 @@ from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
 from app.window.span_rewrite import attach_span_rewrite
 from app.window.thinking_toggle import attach_thinking_toggle
+from app.window.about import attach_about
+from app.window.accessibility import attach_accessibility
+from app.window.chat_panel import attach_chat_panel
+from app.window.context_meter import attach_context_meter
 from app.chat.store import ChatStore
 from app.theme import apply_theme, resolve_theme
 from app.transcript.replay_bar import attach_replay_bar
@@ -121,6 +125,9 @@ class MainWindow(QMainWindow):
         self.chat_files = attach_chat_files(self)
         self.replay_bar = attach_replay_bar(self)
         self.remote = attach_remote_connection(self)
+        self.chat_panel = attach_chat_panel(self)
+        self.context_meter = attach_context_meter(self)
+        self.about_action = attach_about(self)
         self.span_rewrite = attach_span_rewrite(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
@@ -128,6 +135,7 @@ class MainWindow(QMainWindow):
             self.controller.open_conversation(self.controller.conversations[0].id)
         self._update_empty_state()
         self._on_client_state_changed(client.state)
+        attach_accessibility(self)
         self.composer.edit.setFocus()
 
     # ------------------------------------------------------------------ building

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import PRESETS, Settings
+from app.window.seed_edit import SeedEdit
 from engine.protocol import SETTING_RANGES
 
 PRESET_LABELS = {"fast": "Fast", "balanced": "Balanced", "quality": "Quality", "custom": "Custom"}
@@ -46,6 +47,7 @@ class SettingsDialog(QDialog):
         self.system_prompt.setPlaceholderText("Optional instructions the model reads before every chat")
         self.system_prompt.setPlainText(settings.system_prompt)
         self.system_prompt.setFixedHeight(90)
+        self.system_prompt.setAccessibleName("System prompt for new chats")
 
         self.preset = QComboBox(self)
         self.preset.setObjectName("presetCombo")
@@ -67,6 +69,8 @@ class SettingsDialog(QDialog):
         self.max_new_tokens.setRange(16, _bounds("max_new_tokens")[1])
         self.max_new_tokens.setSingleStep(256)
         self.max_new_tokens.setSuffix(" tokens")
+        self.seed = SeedEdit(self)
+        self.seed.setObjectName("seedEdit")
 
         self.theme = QComboBox(self)
         self.theme.setObjectName("themeCombo")
@@ -91,6 +95,7 @@ class SettingsDialog(QDialog):
         sampling_form.addRow("Temperature (last step)", self.t_min)
         sampling_form.addRow("Temperature (first step)", self.t_max)
         sampling_form.addRow("Reply length (at most)", self.max_new_tokens)
+        sampling_form.addRow("Seed", self.seed)
 
         look = QGroupBox("Appearance", self)
         look_form = QFormLayout(look)
@@ -104,6 +109,7 @@ class SettingsDialog(QDialog):
         self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("New chats start from these settings; each chat keeps its own (View \u25b8 Chat settings panel).", self))
         layout.addWidget(QLabel("System prompt", self))
         layout.addWidget(self.system_prompt)
         layout.addWidget(sampling)
@@ -116,6 +122,7 @@ class SettingsDialog(QDialog):
         for spin in (self.steps, self.entropy_bound, self.t_min, self.t_max):
             spin.valueChanged.connect(self._on_sampling_value_changed)
         self.max_new_tokens.valueChanged.connect(self._validate)
+        self.seed.textChanged.connect(self._validate)
 
     def _load(self, settings: Settings) -> None:
         self._updating = True
@@ -125,6 +132,7 @@ class SettingsDialog(QDialog):
         self.t_min.setValue(settings.t_min)
         self.t_max.setValue(settings.t_max)
         self.max_new_tokens.setValue(settings.max_new_tokens)
+        self.seed.set_seed(settings.seed)
         self.theme.setCurrentIndex(self.theme.findData(settings.theme))
         self.reduced_motion.setChecked(settings.reduced_motion)
         self.replay_speed.setValue(settings.replay_speed)
@@ -140,6 +148,7 @@ class SettingsDialog(QDialog):
             theme=self.theme.currentData(),
             reduced_motion=self.reduced_motion.isChecked(),
             replay_speed=self.replay_speed.value(),
+            seed=self.seed.seed(),
         )
         return base.with_sampling(
             max_denoising_steps=self.steps.value(),

@@ -12,14 +12,15 @@ def attach_thinking_toggle(window) -> QCheckBox:
     controller = window.controller
     toggle = QCheckBox("Think first", window.composer)
     toggle.setObjectName("thinkingToggle")
-    toggle.setToolTip("The model reasons in its thought channel before answering (this chat only)")
+    toggle.setToolTip("The model reasons in its thought channel before answering (saved with this chat)")
     toggle.toggled.connect(controller.set_thinking)
 
-    def follow(_conversation_id: str) -> None:
+    def follow(*_args) -> None:
         toggle.blockSignals(True)
         toggle.setChecked(controller.thinking)
         toggle.blockSignals(False)
 
     controller.conversation_opened.connect(follow)
+    controller.chat_settings_changed.connect(follow)
     window.composer.add_option(toggle)
     return toggle
