@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--experts-count", type=int, default=None, help="default: the real 128")
     prof.add_argument("--top-k", type=int, default=None, help="default: the real 8")
     prof.add_argument("--prompt-tokens", type=int, default=64)
+    prof.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="the model's compute dtype (a GPU runs bfloat16: its norms' up/down casts are real copies)")
+    prof.add_argument("--run-kernels", action="store_true",
+                      help="run the engine's Triton kernels too (on a CPU needs TRITON_INTERPRET=1; slow at real size); "
+                           "by default each launch is counted as one op without running it")
     table = commands.add_parser("table", help="Markdown tables of a results JSON (for bench/README.md)")
     table.add_argument("results", type=Path)
     args = parser.parse_args(argv)
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads = __import__("os").environ.get("OMP_NUM_THREADS")
         result = profile(hidden_size=args.hidden_size, vocab_size=args.vocab, canvas_length=args.canvas,
                          prompt_tokens=args.prompt_tokens, experts=args.experts, step=args.step,
-                         num_experts=args.experts_count, top_k=args.top_k)
+                         num_experts=args.experts_count, top_k=args.top_k, dtype=args.dtype,
+                         run_kernels=args.run_kernels)
         result["command"] = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
         result["omp_num_threads"] = torch_threads
         print(json.dumps(_finite(result), indent=2) if args.json else render(result))

@@ -5,8 +5,8 @@
 
 Random weights (bench/gpu_fit.py builds them on the device, NF4 quantized tensor by tensor). The NF4
 model is built once and run three ways: the dequantize-then-matmul experts ("stock"), the fused
-experts kernel ("fused experts") and fused experts plus fused text linears ("fused all"); then bf16
-where it fits. Tokens/s is the canvas over 16 decoder forwards (16 denoising steps per canvas,
+experts kernel and fused RMSNorms ("fused experts", the default CUDA path) and the same plus fused
+text linears ("fused all"); then bf16 where it fits. Tokens/s is the canvas over 16 decoder forwards (16 denoising steps per canvas,
 the sampler and the prompt's encoding left out). Also prints how far the fused logits are from
 the stock ones, on the same weights.
 """
@@ -27,30 +27,33 @@ def _variants(model) -> list[tuple[str, Any]]:
 
     from engine import quantization as q
 
-    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaRMSNorm
+
+    patched = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, DiffusionGemmaRMSNorm))]
 
     def stock():
-        for module in linears:
+        for module in patched:
             module.__dict__.pop("forward", None)
         model.set_experts_implementation(q.NF4_EXPERTS_IMPLEMENTATION)
+        model.set_attn_implementation("sdpa")
 
-    def fused_experts():
+    def fused_experts():  # the default CUDA path (CANVAS_CHAT_NF4_KERNEL=auto): fused experts and norms
         stock()
-        model.set_experts_implementation(q.NF4_FUSED_EXPERTS_IMPLEMENTATION)
+        q.use_fused_path(model, linears=False)
 
     def fused_all():
-        fused_experts()
-        q.use_fused_nf4_linears(model)
+        stock()
+        q.use_fused_path(model, linears=True)
 
     return [("nf4 stock", stock), ("nf4 fused experts", fused_experts), ("nf4 fused all", fused_all)]
 
 
-def _logits(model, config, device, canvas: int):
+def _logits(model, config, device, canvas: int, prompt_tokens: int = 64):
     import torch
     from transformers import DynamicCache
 
     generator = torch.Generator(device="cpu").manual_seed(1)
-    prompt = torch.randint(3, config.text_config.vocab_size, (1, 64), generator=generator).to(device)
+    prompt = torch.randint(3, config.text_config.vocab_size, (1, prompt_tokens), generator=generator).to(device)
     canvas_ids = torch.randint(3, config.text_config.vocab_size, (1, canvas), generator=generator).to(device)
     cache = DynamicCache(config=config.text_config)
     with torch.no_grad():
@@ -69,7 +72,7 @@ def run(args) -> dict[str, Any]:
 
     from bench import gpu_fit
     from engine import quantization as q
-    from engine.kernels import nf4_moe
+    from engine.kernels import nf4_moe, norms
 
     device = torch.device(args.device)
     config = gpu_fit.make_config(args.size)
@@ -91,17 +94,18 @@ def run(args) -> dict[str, Any]:
             continue
         select()
         q._fused_failure.clear()
+        norms._failure.clear()
         measured = gpu_fit.measure(model, config, device, prompt_tokens=args.prompt_tokens, canvas=canvas,
                                    repeats=args.repeats)
         result = _result(name, measured)
-        logits = _logits(model, config, device, canvas)
+        logits = _logits(model, config, device, canvas, min(64, args.prompt_tokens))
         if reference is None:
             reference = logits
         else:
             result["max_rel_logit_diff_vs_stock"] = float((logits - reference).abs().max() / reference.abs().max())
             result["top1_agreement_vs_stock"] = float((logits.argmax(-1) == reference.argmax(-1)).float().mean())
-        if q._fused_failure:
-            result["fell_back"] = dict(q._fused_failure)
+        if q._fused_failure or norms._failure:
+            result["fell_back"] = {**q._fused_failure, **norms._failure}
         report["runs"].append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)  # a cut run still shows what it measured
     report["kernel_mode_default"] = nf4_moe.kernel_mode()
@@ -124,6 +128,19 @@ def run(args) -> dict[str, Any]:
     return report
 
 
+def render(report: dict[str, Any]) -> str:
+    """The figures for bench/README.md: which GPU, ms per full-size decoder forward, tokens/s."""
+    lines = [f"{report['size']} architecture on {report['device']} (torch {report['torch']}), "
+             f"tokens/s at {STEPS_PER_CANVAS} steps per canvas"]
+    for r in report["runs"]:
+        diff = f"  logits vs stock {r['max_rel_logit_diff_vs_stock']:.1e}" if "max_rel_logit_diff_vs_stock" in r else ""
+        fell = f"  FELL BACK: {r['fell_back']}" if r.get("fell_back") else ""
+        lines.append(f"  {r['variant']:<18} decoder {r['decoder_ms_median']:>9} ms/forward (canvas {r['decoder_canvas']})"
+                     f"  {r['tokens_per_s_at_16_steps']:>8} tokens/s{diff}{fell}")
+    lines += [f"  skipped {line}" for line in report["skipped"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fused_kernel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("full", "small"), default="full")
@@ -133,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas", type=int, default=None, help="decoder canvas (default: the config's, 256)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--render", metavar="JSON", help="print the figures of a report this command wrote, and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render, encoding="utf-8") as file:
+            print(render(json.load(file)))
+        return 0
 
     import torch
 
@@ -142,17 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.prompt_tokens = args.prompt_tokens or (1024 if args.size == "full" else 128)
     report = run(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{report['size']} architecture on {report['device']} (torch {report['torch']}), "
-              f"tokens/s at {STEPS_PER_CANVAS} steps per canvas")
-        for r in report["runs"]:
-            diff = f"  logits vs stock {r['max_rel_logit_diff_vs_stock']:.1e}" if "max_rel_logit_diff_vs_stock" in r else ""
-            print(f"  {r['variant']:<18} decoder {r['decoder_ms_median']:>9} ms/forward (canvas {r['decoder_canvas']})"
-                  f"  {r['tokens_per_s_at_16_steps']:>8} tokens/s{diff}")
-        for line in report["skipped"]:
-            print(f"  skipped {line}")
+    print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 

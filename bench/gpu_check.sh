@@ -86,6 +86,8 @@ fused_kernel_case() {
         python3 -m bench.fused_kernel --size "$size" --device "${BENCH_DEVICE:-cuda}" --json >"$OUT/$name.json" 2>"$OUT/$name.log"
     local status=$?
     tail -n 30 "$OUT/$name.log"; cat "$OUT/$name.json"
+    echo "GPU: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo none found)"
+    python3 -m bench.fused_kernel --render "$OUT/$name.json" || echo "no complete report (cut at the time limit?): see $name.log"
     echo "fused kernel case exit status: $status"
     return "$status"
 }

@@ -103,7 +103,8 @@ def _timed(device, function, repeats: int) -> list[float]:
 
 def measure(model, config, device, *, prompt_tokens: int, canvas: int, repeats: int, warmup: int = 1) -> dict[str, Any]:
     import torch
-    from transformers import DynamicCache
+
+    from engine.generation import new_generation_cache
 
     text = config.text_config
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -112,7 +113,7 @@ def measure(model, config, device, *, prompt_tokens: int, canvas: int, repeats: 
     caches = []
 
     def encode():
-        cache = DynamicCache(config=text)
+        cache = new_generation_cache(model, prompt_tokens + canvas)  # the engine's preallocated KV cache
         with torch.no_grad():
             model.model.encoder(input_ids=prompt, past_key_values=cache, use_cache=True)
         caches.append(cache)

@@ -38,8 +38,9 @@ _HOST_READS = {
 class OpCensus(TorchDispatchMode):
     """Counts non-view aten ops, host syncs and the bytes of every tensor the ops allocate."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_kernels: bool = True) -> None:
         super().__init__()
+        self.run_kernels = run_kernels
         self.ops: Counter[str] = Counter()
         self.host_syncs: Counter[str] = Counter()
         self.temp_bytes = 0
@@ -52,6 +53,9 @@ class OpCensus(TorchDispatchMode):
         if self.paused:
             return func(*args, **kwargs)
         name = func._schema.name
+        if name.startswith(_OWN_KERNELS) and not self.run_kernels:
+            self.ops[name] += 1  # one Triton launch, counted without running it
+            return _without_running(name, func, args, kwargs)
         out = func(*args, **kwargs)
         if name == "aten::_local_scalar_dense":
             if not self.in_host_read:
@@ -75,6 +79,24 @@ class OpCensus(TorchDispatchMode):
             self.temp_bytes += size
             self.largest_temps[f"{name} {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"] += size
         return out
+
+
+# The engine's Triton kernels, registered as torch custom ops (engine/kernels): one launch each.
+_OWN_KERNELS = ("canvas::",)
+
+
+def _without_running(name: str, func, args, kwargs):
+    """What a custom kernel's caller sees, without running the kernel (no GPU, and Triton's CPU
+    interpreter takes tens of minutes at the real structure): a norm gives torch's own result,
+    GEMMs and the expert sort leave zeros in the buffers they write. Nothing here is counted."""
+    if name == "canvas::rms_norm":
+        x, weight, eps, with_scale = args
+        y = x.float() * torch.pow(x.float().pow(2).mean(-1, keepdim=True) + eps, -0.5)
+        return (y * weight.float() if with_scale else y).to(x.dtype)
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.alias_info is not None and argument.alias_info.is_write:
+            args[index].zero_()
+    return None
 
 
 class HostReads(TorchFunctionMode):
@@ -112,35 +134,10 @@ def _tensors(value):
 
 
 @contextlib.contextmanager
-def census():
-    counts = OpCensus()
-    with HostReads(counts), counts, _triton_launches_count_once(counts):
+def census(run_kernels: bool = True):
+    counts = OpCensus(run_kernels)
+    with HostReads(counts), counts:
         yield counts
-
-
-@contextlib.contextmanager
-def _triton_launches_count_once(counts: OpCensus):
-    """Each launch of the fused NF4 kernel (engine/kernels) is one op, whatever runs inside it."""
-    try:
-        from engine.kernels import nf4_moe
-    except ImportError:
-        yield
-        return
-    original = nf4_moe._launch
-
-    def launch(*args, **kwargs):
-        counts.ops["triton::nf4_gemm"] += 1
-        counts.paused += 1
-        try:
-            return original(*args, **kwargs)
-        finally:
-            counts.paused -= 1
-
-    nf4_moe._launch = launch
-    try:
-        yield
-    finally:
-        nf4_moe._launch = original
 
 
 class ExpertTemporaries:
@@ -173,7 +170,7 @@ class ExpertTemporaries:
 
 
 def build_model(*, hidden_size: int, vocab_size: int | None, canvas_length: int | None, experts: str,
-                num_experts: int | None = None, top_k: int | None = None):
+                num_experts: int | None = None, top_k: int | None = None, dtype: torch.dtype = torch.float32):
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
     from engine.quantization import quantize_model
@@ -183,15 +180,26 @@ def build_model(*, hidden_size: int, vocab_size: int | None, canvas_length: int 
     scaled = scaled_config_dict(real, hidden_size=hidden_size, head_dim=16, num_experts=num_experts,
                                 top_k_experts=top_k, vocab_size=vocab_size, canvas_length=canvas_length)
     torch.manual_seed(0)
-    model = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig.from_dict(scaled)).eval()
+    model = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig.from_dict(scaled)).eval().to(dtype)
     model.model.encoder.vision_tower = None
     model.model.encoder.embed_vision = None
     quantize_model(model, "nf4")
+    for module in model.modules():
+        # bitsandbytes' CPU-only bf16 repacking of Linear4bit (which refuses the small widths): not a GPU's path
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    from engine.kernels import nf4_moe
+    from engine.quantization import NF4_FUSED_EXPERTS_IMPLEMENTATION, use_fused_path
 
     if experts not in ALL_EXPERTS_FUNCTIONS:
         raise SystemExit(f"no experts implementation named {experts!r}; registered: {', '.join(ALL_EXPERTS_FUNCTIONS)}")
-    model.set_experts_implementation(experts)
+    if experts == NF4_FUSED_EXPERTS_IMPLEMENTATION:
+        # What use_nf4_experts installs on a CUDA GPU (it keeps the stock path on this CPU).
+        use_fused_path(model, linears=nf4_moe.kernel_mode() == "all")
+    else:
+        model.set_experts_implementation(experts)
     return model, real
 
 
@@ -243,20 +251,23 @@ def _prompt_cache(model, prompt_tokens: int):
 
 def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_length: int | None = None,
             prompt_tokens: int = 64, experts: str = "canvas_nf4", step: str = "engine",
-            num_experts: int | None = None, top_k: int | None = None) -> dict[str, Any]:
+            num_experts: int | None = None, top_k: int | None = None, dtype: str = "float32",
+            run_kernels: bool = False) -> dict[str, Any]:
     """Counts for one decoder forward and one denoising step (`step`: "engine" is
     `engine.generation.denoise_step` plus its draft copy; "stock" is transformers' `_denoising_step`
-    plus what generate() and the pre-issue-10 engine read back each step)."""
+    plus what generate() and the pre-issue-10 engine read back each step). The engine's Triton
+    kernels count one op per launch; `run_kernels` runs them too (on a CPU: TRITON_INTERPRET=1)."""
     # The GPU's chunking of the NF4 experts path (8 experts dequantized at a time), not the CPU's.
     os.environ.setdefault("CANVAS_CHAT_DEQUANT_CHUNK", "8")
     model, real = build_model(hidden_size=hidden_size, vocab_size=vocab_size, canvas_length=canvas_length,
-                              experts=experts, num_experts=num_experts, top_k=top_k)
+                              experts=experts, num_experts=num_experts, top_k=top_k, dtype=getattr(torch, dtype))
     canvas = model.config.canvas_length
     vocab = model.config.text_config.vocab_size
-    input_ids, cache = _prompt_cache(model, prompt_tokens)
+    with census(run_kernels):  # the encoder runs the fused norms too
+        input_ids, cache = _prompt_cache(model, prompt_tokens)
     positions = torch.arange(prompt_tokens, prompt_tokens + canvas, dtype=torch.int32).unsqueeze(0)
     canvas_ids = torch.randint(0, vocab, (1, canvas))
-    with torch.no_grad():
+    with torch.no_grad(), census(run_kernels):
         warm = model(decoder_input_ids=canvas_ids, past_key_values=cache, decoder_position_ids=positions).logits
 
     def forward():
@@ -264,15 +275,16 @@ def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_leng
                      decoder_position_ids=positions).logits
 
     experts_seen = ExpertTemporaries()
-    with torch.no_grad(), experts_seen.watching(), census() as per_forward:
+    with torch.no_grad(), experts_seen.watching(), census(run_kernels) as per_forward:
         forward()
     dense_per_forward = experts_seen.elements
     vocab_bytes = sum(size for key, size in per_forward.largest_temps.items() if f", {vocab})" in key)
 
     run_step = (_engine_step if step == "engine" else _stock_step)(model, input_ids, cache, positions, canvas_ids, warm)
-    with torch.no_grad(), census() as per_step:
+    with torch.no_grad(), census(run_kernels) as per_step:
         details = run_step()
 
+    _check_fused_path_held(experts)
     full_elements = dense_per_forward // max(1, _expert_elements(model)) * expert_full_size_elements(real)
     real_text = real["text_config"]
     vocab_bytes_full = vocab_bytes * (real["canvas_length"] * real_text["vocab_size"]) // (canvas * vocab)
@@ -280,6 +292,10 @@ def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_leng
     return {
         "what": "one decoder forward and one denoising step of the real architecture at small widths, NF4 path",
         "experts_implementation": experts,
+        "dtype": dtype,
+        "nf4_kernel_mode": nf4_moe_mode(),
+        "triton_kernels": ("run" if run_kernels else "counted one op per launch, not run (their outputs: torch's "
+                           "own for the norms, zeros for the GEMMs)"),
         "step_path": step,
         "shape": {"hidden_size": hidden_size, "canvas": canvas, "vocab": vocab, "prompt_tokens": prompt_tokens,
                   "layers": model.config.text_config.num_hidden_layers,
@@ -289,7 +305,8 @@ def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_leng
         "expert_bf16_temp_bytes": 2 * dense_per_forward,
         "expert_bf16_temp_bytes_full_size": 2 * full_elements,
         "expert_dequantize_calls_per_forward": experts_seen.calls,
-        "triton_launches_per_forward": per_forward.ops.get("triton::nf4_gemm", 0),
+        "triton_launches_per_forward": sum(v for k, v in per_forward.ops.items() if k.startswith(_OWN_KERNELS)),
+        "triton_launches_per_forward_by_kernel": {k: v for k, v in per_forward.ops.items() if k.startswith(_OWN_KERNELS)},
         "temp_bytes_per_forward": per_forward.temp_bytes,
         "ops_per_step": sum(per_step.ops.values()),
         "host_syncs_per_step": sum(per_step.host_syncs.values()),
@@ -300,9 +317,26 @@ def profile(*, hidden_size: int = 64, vocab_size: int | None = None, canvas_leng
         "modeled_bytes_per_forward_full_size": {**modeled, "total": sum(modeled.values())},
         "host_syncs_per_forward_by_kind": dict(per_forward.host_syncs.most_common()),
         "host_syncs_per_step_by_kind": dict(per_step.host_syncs.most_common()),
-        "top_ops_per_forward": dict(per_forward.ops.most_common(12)),
+        "top_ops_per_forward": dict(per_forward.ops.most_common(25)),
         "largest_temporaries_per_forward": dict(per_forward.largest_temps.most_common(8)),
     }
+
+
+def _check_fused_path_held(experts: str) -> None:
+    """A fused kernel that failed falls back to torch's ops for good: then the count is not of the
+    fused path, and saying so beats reporting it as if it were."""
+    from engine import quantization
+    from engine.kernels import norms
+
+    failures = {**quantization._fused_failure, **norms._failure}
+    if experts == quantization.NF4_FUSED_EXPERTS_IMPLEMENTATION and failures:
+        raise SystemExit(f"a fused kernel fell back during the count, which is then not of the fused path: {failures}")
+
+
+def nf4_moe_mode() -> str:
+    from engine.kernels import nf4_moe
+
+    return nf4_moe.kernel_mode()
 
 
 def _expert_elements(model) -> int:

@@ -256,12 +256,13 @@ class StepObserver:
 def new_generation_cache(model, max_length: int):
     """The KV cache a new conversation starts with; the one place that chooses its type.
 
-    transformers' DynamicCache (as stock `generate()` makes): the decoder only reads it, the encoder
-    appends one canvas per canvas. See bench/README.md ("KV cache") for the static-cache status.
+    Preallocated (engine/kv_cache.py): the encoder writes each canvas in place and a denoising step
+    reads the cache and its canvas through views, with the keys, values and masks of transformers'
+    DynamicCache (which stock `generate()` makes), so replies are token for token the same.
     """
-    from transformers import DynamicCache
+    from engine.kv_cache import preallocated_cache
 
-    return DynamicCache(config=model.config.get_text_config(decoder=True))
+    return preallocated_cache(model, model.config.canvas_length, max_length)
 
 
 @dataclass
@@ -609,9 +610,7 @@ def encode_into_cache(model, token_ids: list[int], past_key_values: Any, cached_
     """Runs the encoder over `token_ids` after the `cached_tokens` the cache holds, as generate()'s
     prefill would (same position ids and masks; transformers 5.23 internals), and returns the cache."""
     if past_key_values is None:
-        from transformers import DynamicCache
-
-        past_key_values = DynamicCache(config=model.config.get_text_config(decoder=True))
+        past_key_values = new_generation_cache(model, cached_tokens + len(token_ids) + model.config.canvas_length)
     if not token_ids:
         return past_key_values
     device = next(model.parameters()).device

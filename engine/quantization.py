@@ -401,12 +401,10 @@ def use_nf4_experts(model: nn.Module) -> str:
     register_experts_implementation()
     reason = fused_kernel_unavailable_reason(model)
     if reason is None:
-        model.set_experts_implementation(NF4_FUSED_EXPERTS_IMPLEMENTATION)
-        log.info("NF4 experts: fused Triton kernel")
         from engine.kernels import nf4_moe
 
-        if nf4_moe.kernel_mode() == "all":
-            use_fused_nf4_linears(model)
+        use_fused_path(model, linears=nf4_moe.kernel_mode() == "all")
+        log.info("NF4 experts: fused Triton kernel")
         return NF4_FUSED_EXPERTS_IMPLEMENTATION
     # Without a CUDA GPU the stock path is the expected one; on a GPU it costs speed, so say so louder.
     on_gpu = any(b.device.type == "cuda" for b in model.buffers())
@@ -414,6 +412,21 @@ def use_nf4_experts(model: nn.Module) -> str:
             "NF4 experts: dequantize-then-matmul path (fused kernel unavailable: %s)", reason)
     model.set_experts_implementation(NF4_EXPERTS_IMPLEMENTATION)
     return NF4_EXPERTS_IMPLEMENTATION
+
+
+def use_fused_path(model: nn.Module, *, linears: bool) -> None:
+    """The CUDA fast path: fused experts, fused RMSNorms, the decoder's attention without `repeat_kv`
+    and (`linears`) fused NF4 text linears. The caller has checked that the kernels can run
+    (`fused_kernel_unavailable_reason`)."""
+    from engine.attention import use_packed_gqa_attention
+    from engine.kernels.norms import use_fused_norms
+
+    register_experts_implementation()
+    model.set_experts_implementation(NF4_FUSED_EXPERTS_IMPLEMENTATION)
+    use_fused_norms(model)
+    use_packed_gqa_attention(model)
+    if linears:
+        use_fused_nf4_linears(model)
 
 
 def _fused_linear_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,14 @@ def _basic_getitem(tensor: torch.Tensor, index):
     return tensor
 
 
+_ATEN_SPELLING = {
+    torch.Tensor.narrow: lambda tensor, dim, start, length: torch.ops.aten.narrow.default(tensor, dim, start, length),
+    torch.Tensor.copy_: lambda tensor, source, non_blocking=False: torch.ops.aten.copy_.default(tensor, source, non_blocking),
+    torch.Tensor.clone: lambda tensor, **kwargs: torch.ops.aten.clone.default(tensor, **kwargs),
+    torch.Tensor.new_empty: lambda tensor, size: torch.ops.aten.new_empty.default(tensor, list(size)),
+}
+
+
 class CpuBuildShims(TorchFunctionMode):
     """What a CPU-only torch refuses on fake CUDA tensors before FakeTensorMode sees the op (Python
     indexing, `~`, `.contiguous()`, `torch.randint`), spelled as the aten ops a CUDA build dispatches."""
@@ -79,6 +87,8 @@ class CpuBuildShims(TorchFunctionMode):
             # The Python binding looks up the CUDA generator first; the aten op has a fake kernel.
             low, high, size = kwargs["low"], kwargs["high"], kwargs["size"]
             return torch.ops.aten.randint.low(low, high, size, dtype=torch.long, device=kwargs["device"])
+        if func in _ATEN_SPELLING:  # the preallocated KV cache's in-place writes and views
+            return _ATEN_SPELLING[func](*args, **kwargs)
         if func is torch.Tensor.__invert__:
             return torch.bitwise_not(args[0])
         if func is torch.Tensor.contiguous:  # same device-guard refusal as indexing

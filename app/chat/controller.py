@@ -318,12 +318,13 @@ class ConversationController(QObject):
             return None
         return self._start_reply(self.current_conversation_id)
 
-    def edit_and_resend(self, message_id: str, text: str) -> str | None:
-        """Replaces a user message (dropping everything after it) and sends the new text."""
+    def edit_and_resend(self, message_id: str, text: str, added_images: Sequence[ImageSource] = ()) -> str | None:
+        """Replaces a user message (dropping everything after it) and sends the new text with the
+        message's images and `added_images` (attached while editing) after them."""
         if self.is_generating:
             return None
         message = self.transcript.get(message_id)
-        if message is None or message.role != "user" or not text.strip():
+        if message is None or message.role != "user" or not (text.strip() or message.attachments or added_images):
             return None
         # The auto-title follows a new first question, unless the user renamed the chat.
         first_question = next((m for m in self.transcript if m.role == "user"), None)
@@ -336,7 +337,7 @@ class ConversationController(QObject):
         ):
             self.rename_conversation(conversation.id, title_from(text))
         # The message's images go with the new text (read before their files are deleted with it).
-        images = sources_of(message.attachments)
+        images = sources_of(message.attachments) + list(added_images)
         self._remove_from(message_id)
         return self.send(text, images)
 

@@ -14,13 +14,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from app.chat.attachments import LIMITS_TEXT, SUFFIXES, Attachment, ImageRefused, ImageSource, too_large
 from app.chat.messages import FINAL_STATUSES, MESSAGE_STATUSES, Conversation, Message, new_id
 from app.chat.replay import ReplayError, decode_frames
+from engine.protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_BYTES
 
 FORMAT_NAME = "canvas-chat-export"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: messages carry their images ("attachments"); version 1 files still import
+READABLE_VERSIONS = (1, 2)
 # A bigger file is refused before it is read (the whole file is parsed in memory).
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
 ROLES = ("user", "assistant", "system")
@@ -31,6 +34,13 @@ class ImportRefused(ValueError):
     """The file is not an export this version can import. Its text is for the user."""
 
 
+# How an imported image is checked: its bytes and name -> the image (width and height as decoded),
+# or ImageRefused. The GUI passes Qt's decoder (`app.window.attachment_strip.check_image`), the same
+# check an image passes when it is attached; without one only the signature and the limits are checked.
+ImageCheck = Callable[[bytes, str], ImageSource]
+_SIGNATURES = {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",), "image/webp": (b"RIFF",)}
+
+
 @dataclass
 class ExportedChat:
     """One conversation as exported: its row, its per-chat settings (when it has any), its messages."""
@@ -38,6 +48,7 @@ class ExportedChat:
     conversation: Conversation
     messages: list[Message] = field(default_factory=list)
     settings: dict[str, Any] | None = None
+    images: dict[str, list[ImageSource]] = field(default_factory=dict)  # of an import: message id -> its images
 
 
 def chat_of(conversation: Conversation, messages: list[Message]) -> ExportedChat:
@@ -67,14 +78,28 @@ def _stats_text(stats: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def chat_to_markdown(chat: ExportedChat) -> str:
-    """A readable Markdown transcript: a heading per message, its text as written, stats in italics."""
+def _image_markdown(attachment: Attachment, link: str | None) -> str:
+    label = f"{attachment.name}, {attachment.width}\u00d7{attachment.height}"
+    if link is None:
+        return f"*(image: {label}; not in this file)*"
+    alt = attachment.name.replace("[", "(").replace("]", ")")
+    return f"![{alt}](<{link}>)\n*{label}*"
+
+
+def chat_to_markdown(chat: ExportedChat, image_links: dict[str, str] | None = None) -> str:
+    """A readable Markdown transcript: a heading per message, its images (linked where
+    `image_links` maps an attachment id to a relative path, else named), its text as written,
+    stats in italics."""
+    image_links = image_links or {}
     conversation = chat.conversation
     lines = [f"# {conversation.title}", "", f"*Canvas Chat · started {_when(conversation.created)}*", ""]
     for message in chat.messages:
         lines.append(f"## {_ROLE_HEADINGS.get(message.role, message.role)} · {_when(message.created)}")
         lines.append("")
-        lines.append(message.content.rstrip("\n") if message.content else "*(no text)*")
+        for attachment in message.attachments:
+            lines.extend([_image_markdown(attachment, image_links.get(attachment.id)), ""])
+        if message.content or not message.attachments:
+            lines.append(message.content.rstrip("\n") if message.content else "*(no text)*")
         lines.append("")
         notes = []
         if message.status != "finished":
@@ -88,11 +113,26 @@ def chat_to_markdown(chat: ExportedChat) -> str:
     return "\n".join(lines)
 
 
-def chats_to_markdown(chats: list[ExportedChat]) -> str:
-    return "\n---\n\n".join(chat_to_markdown(chat) for chat in chats)
+def chats_to_markdown(chats: list[ExportedChat], image_links: dict[str, str] | None = None) -> str:
+    return "\n---\n\n".join(chat_to_markdown(chat, image_links) for chat in chats)
 
 
 # ---------------------------------------------------------------------- JSON export
+
+
+def _attachment_json(attachment: Attachment) -> dict[str, Any]:
+    try:
+        data: str | None = base64.b64encode(attachment.path.read_bytes()).decode("ascii")
+    except OSError:
+        data = None  # the file is gone from the data folder: its name and size still travel
+    return {
+        "name": attachment.name,
+        "media_type": attachment.media_type,
+        "width": attachment.width,
+        "height": attachment.height,
+        "size_bytes": attachment.size_bytes,
+        "data": data,
+    }
 
 
 def _message_json(message: Message, include_replay: bool) -> dict[str, Any]:
@@ -107,6 +147,7 @@ def _message_json(message: Message, include_replay: bool) -> dict[str, Any]:
         "created": message.created,
         "updated": message.updated,
         "replay": base64.b64encode(message.replay).decode("ascii") if include_replay and message.replay else None,
+        "attachments": [_attachment_json(attachment) for attachment in message.attachments],
     }
 
 
@@ -156,7 +197,41 @@ def _field(obj: dict[str, Any], name: str, kinds: type | tuple[type, ...], where
     return value
 
 
-def _parse_message(obj: Any, where: str, conversation_id: str) -> Message:
+def _parse_image(obj: Any, where: str, check_image: ImageCheck | None) -> ImageSource | None:
+    """One attached image, checked as an attached one is; None for one exported without its bytes."""
+    if not isinstance(obj, dict):
+        raise ImportRefused(f"{where} is not an object.")
+    name = _field(obj, "name", str, where)
+    where = f"{where} (“{name[:40]}”)"
+    media_type = _field(obj, "media_type", str, where)
+    width, height = _field(obj, "width", int, where), _field(obj, "height", int, where)
+    if media_type not in SUFFIXES:
+        raise ImportRefused(f"{where}: “{media_type}” is not an image Canvas Chat can send ({LIMITS_TEXT}).")
+    text = _field(obj, "data", str, where, optional=True)
+    if text is None:
+        return None
+    if len(text) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
+        raise ImportRefused(f"{where}: {too_large(name)}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImportRefused(f"{where}: its bytes (“data”) are not base64 ({exc}).") from None
+    if media_type in _SIGNATURES and not data.startswith(_SIGNATURES[media_type]):
+        raise ImportRefused(f"{where}: its bytes are not a {IMAGE_MEDIA_TYPES[media_type]} image.")
+    try:
+        if check_image is not None:
+            checked = check_image(data, name)
+            if checked.media_type != media_type:
+                raise ImageRefused(f"{name} is a {IMAGE_MEDIA_TYPES[checked.media_type]} image, not {media_type}.")
+            return checked
+        if width <= 0 or height <= 0:
+            raise ImageRefused(f"{name} has no size ({width}\u00d7{height}).")
+        return ImageSource(data, media_type, name, width, height)
+    except ImageRefused as exc:
+        raise ImportRefused(f"{where}: {exc}") from None
+
+
+def _parse_message(obj: Any, where: str, conversation_id: str, check_image: ImageCheck | None = None) -> tuple[Message, list[ImageSource]]:
     if not isinstance(obj, dict):
         raise ImportRefused(f"{where} is not an object.")
     role = _field(obj, "role", str, where)
@@ -177,7 +252,11 @@ def _parse_message(obj: Any, where: str, conversation_id: str) -> Message:
                 pass
         except (binascii.Error, ValueError, ReplayError) as exc:
             raise ImportRefused(f"{where}: its recorded drafts (“replay”) cannot be read ({exc}).") from None
-    return Message(
+    attachments = _field(obj, "attachments", list, where, optional=True) or []
+    if attachments and role != "user":
+        raise ImportRefused(f"{where}: only your own messages can have images.")
+    images = [_parse_image(item, f"{where}, image {n}", check_image) for n, item in enumerate(attachments, start=1)]
+    message = Message(
         id=new_id(),
         conversation_id=conversation_id,
         role=role,
@@ -190,9 +269,10 @@ def _parse_message(obj: Any, where: str, conversation_id: str) -> Message:
         created=float(_field(obj, "created", (int, float), where)),
         updated=float(_field(obj, "updated", (int, float), where)),
     )
+    return message, [image for image in images if image is not None]
 
 
-def parse_chats_json(text: str | bytes) -> list[ExportedChat]:
+def parse_chats_json(text: str | bytes, check_image: ImageCheck | None = None) -> list[ExportedChat]:
     """The chats of an export document, with NEW conversation and message ids (so that importing
     the same file twice gives two copies, never a clash). Raises `ImportRefused` on anything wrong."""
     try:
@@ -206,9 +286,10 @@ def parse_chats_json(text: str | bytes) -> list[ExportedChat]:
     version = document.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise ImportRefused("This export has no valid “schema_version”.")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = " It was written by a newer Canvas Chat." if version > SCHEMA_VERSION else ""
-        raise ImportRefused(f"This export has schema version {version}; this Canvas Chat reads version {SCHEMA_VERSION}.{newer}")
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise ImportRefused(f"This export has schema version {version}; this Canvas Chat reads versions {readable}.{newer}")
     conversations = _field(document, "conversations", list, "The export")
     chats = []
     for number, obj in enumerate(conversations, start=1):
@@ -224,15 +305,17 @@ def parse_chats_json(text: str | bytes) -> list[ExportedChat]:
         )
         settings = _field(obj, "settings", dict, where, optional=True)
         messages = _field(obj, "messages", list, where)
-        parsed = [
-            _parse_message(message, f"{where} (“{title[:40]}”), message {index}", conversation.id)
-            for index, message in enumerate(messages, start=1)
-        ]
-        chats.append(ExportedChat(conversation, parsed, settings))
+        chat = ExportedChat(conversation, [], settings)
+        for index, obj_message in enumerate(messages, start=1):
+            message, images = _parse_message(obj_message, f"{where} (“{title[:40]}”), message {index}", conversation.id, check_image)
+            chat.messages.append(message)
+            if images:
+                chat.images[message.id] = images
+        chats.append(chat)
     return chats
 
 
-def read_chats_file(path: Path) -> list[ExportedChat]:
+def read_chats_file(path: Path, check_image: ImageCheck | None = None) -> list[ExportedChat]:
     """`parse_chats_json` of a file, refusing a file too big to be an export before reading it."""
     try:
         size = path.stat().st_size
@@ -244,5 +327,5 @@ def read_chats_file(path: Path) -> list[ExportedChat]:
         data = path.read_bytes()
     except OSError as exc:
         raise ImportRefused(f"{path.name} could not be read: {exc.strerror or exc}.") from None
-    return parse_chats_json(data)
+    return parse_chats_json(data, check_image)
 

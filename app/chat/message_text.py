@@ -39,12 +39,25 @@ def generating_text(message) -> str:
     return f"generating{canvas}"
 
 
+def images_text(message) -> str:
+    """"1 image: name.png, 640×480" (names and sizes of the message's images); "" without."""
+    attachments = getattr(message, "attachments", ())
+    if not attachments:
+        return ""
+    count = "1 image" if len(attachments) == 1 else f"{len(attachments)} images"
+    return f"{count}: " + "; ".join(f"{a.name}, {a.width}\u00d7{a.height}" for a in attachments)
+
+
 def accessible_text(message) -> str:
-    """Role and text; a reply being written says "generating, canvas N" instead of its open canvas."""
+    """Role, images and text; a reply being written says "generating, canvas N" instead of its
+    open canvas."""
     role = ROLE_NAMES.get(message.role, message.role)
     if message.status == "streaming":
         committed = f": {message.content}" if message.content else ""
         return f"{role}, {generating_text(message)}{committed}"
+    images = images_text(message)
+    if images:
+        return f"{role}: {images}" + (f". {message.content}" if message.content else "")
     return f"{role}: {message.content}" if message.content else f"{role}: (empty)"
 
 
@@ -53,4 +66,5 @@ def accessible_description(message, now: float | None = None) -> str:
     role = ROLE_NAMES.get(message.role, message.role)
     status = generating_text(message) if message.status == "streaming" else STATUS_WORDS.get(message.status, message.status)
     error = f"; {message.error}" if message.error else ""
-    return f"{role} message, {status}, {timestamp_tooltip(message, now).lower()}{error}"
+    images = "; Enter opens its images" if getattr(message, "attachments", ()) else ""
+    return f"{role} message, {status}, {timestamp_tooltip(message, now).lower()}{error}{images}"

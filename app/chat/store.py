@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine import paths
-from app.chat.attachments import IMAGES_FOLDER, Attachment, remove_conversation_images, remove_image_files
+from app.chat.attachments import (
+    IMAGES_FOLDER,
+    Attachment,
+    remove_conversation_images,
+    remove_image_files,
+    write_image_files,
+)
 from app.chat.messages import DEFAULT_TITLE, Conversation, Message
 from app.chat.versions import ReplyVersions
 
@@ -343,26 +349,37 @@ class ChatStore:
 
     def import_chats(self, chats: list[Any]) -> list[Conversation]:
         """Inserts whole conversations (`app.chat.export.ExportedChat`) in ONE transaction: all of
-        them or, when any write fails, none. A chat's settings go to a `settings` column if the
-        schema has one (per-chat settings)."""
+        them or, when any write fails, none. Their images are written beside the database inside
+        that transaction and removed again if it fails. A chat's settings go to a `settings`
+        column if the schema has one (per-chat settings)."""
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(conversations)")}
-        with self._write() as db:
-            for chat in chats:
-                c = chat.conversation
-                db.execute(
-                    "INSERT INTO conversations (id, title, created, updated) VALUES (?, ?, ?, ?)",
-                    (c.id, c.title, c.created, c.updated),
-                )
-                if chat.settings is not None and "settings" in columns:
-                    db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
-                for m in chat.messages:
+        try:
+            with self._write() as db:
+                for chat in chats:
+                    c = chat.conversation
                     db.execute(
-                        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (m.id, c.id, m.role, m.content, m.status,
-                         json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created, m.updated,
-                         m.answered_by, _encode_token_ids(m.token_ids),
-                         m.versions.to_json() if m.versions is not None else None),
+                        "INSERT INTO conversations (id, title, created, updated) VALUES (?, ?, ?, ?)",
+                        (c.id, c.title, c.created, c.updated),
                     )
+                    if chat.settings is not None and "settings" in columns:
+                        db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
+                    for m in chat.messages:
+                        db.execute(
+                            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (m.id, c.id, m.role, m.content, m.status,
+                             json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created,
+                             m.updated, m.answered_by, _encode_token_ids(m.token_ids),
+                             m.versions.to_json() if m.versions is not None else None),
+                        )
+                        images = getattr(chat, "images", {}).get(m.id)
+                        if images:
+                            _insert_attachments(db, m.id, write_image_files(self.images_root, c.id, m.id, images))
+        except BaseException as exc:
+            for chat in chats:  # new ids: these folders hold only what this import wrote
+                remove_conversation_images(self.images_root, chat.conversation.id)
+            if isinstance(exc, OSError):
+                raise StoreWriteError(f"Could not save the imported images in {self.images_root}: {exc.strerror or exc}.") from exc
+            raise
         return [chat.conversation for chat in chats]
 
     # ------------------------------------------------------------------ messages
@@ -451,15 +468,7 @@ class ChatStore:
                     message.versions.to_json() if message.versions is not None else None,
                 ),
             )
-            for position, attachment in enumerate(message.attachments):
-                db.execute(
-                    "INSERT INTO attachments (id, message_id, position, file_name, media_type, name, width, height, "
-                    "size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        attachment.id, message.id, position, attachment.path.name, attachment.media_type,
-                        attachment.name, attachment.width, attachment.height, attachment.size_bytes,
-                    ),
-                )
+            _insert_attachments(db, message.id, message.attachments)
             db.execute(
                 "UPDATE conversations SET updated = ? WHERE id = ?", (message.updated, message.conversation_id)
             )
@@ -554,6 +563,18 @@ class ChatStore:
 
 def _encode_token_ids(token_ids) -> str | None:
     return json.dumps(list(token_ids)) if token_ids else None
+
+
+def _insert_attachments(db: sqlite3.Connection, message_id: str, attachments) -> None:
+    for position, attachment in enumerate(attachments):
+        db.execute(
+            "INSERT INTO attachments (id, message_id, position, file_name, media_type, name, width, height, "
+            "size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                attachment.id, message_id, position, attachment.path.name, attachment.media_type,
+                attachment.name, attachment.width, attachment.height, attachment.size_bytes,
+            ),
+        )
 
 
 def _like_escape(text: str) -> str:

@@ -7,7 +7,7 @@ import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the mod
 from collections import OrderedDict
 from typing import Any
 
-from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtCore import QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QImageReader, QPainter, QPen, QPixmap
 
 THUMB_HEIGHT = 120
@@ -51,6 +51,13 @@ class MessageImages:
             rects.append(QRect(x, y, w, THUMB_HEIGHT))
             x += w + THUMB_GAP
         return rects
+
+    def image_at(self, message: Any, max_width: int, point: QPoint) -> int:
+        """The number of the thumbnail under `point` (relative to the thumbnails' top left), or -1."""
+        for number, rect in enumerate(self._rects(message, max_width)):
+            if rect.contains(point):
+                return number
+        return -1
 
     def block_size(self, message: Any, max_width: int) -> QSize:
         """The thumbnails' block, gap below included; empty without images."""

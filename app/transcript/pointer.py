@@ -11,7 +11,8 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QPointF, 
 from PySide6.QtGui import QAction, QContextMenuEvent, QDesktopServices, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import QMenu, QTextBrowser
 
-from app.transcript.delegate import message_of
+from app.transcript.delegate import BUBBLE_PAD_Y, message_of
+from app.transcript.image_viewer import ImageViewer
 from app.transcript.thought_channel import THOUGHT_SCHEME
 
 # Same as app.transcript.markdown_render.COPY_CODE_SCHEME; that module (markdown-it, Pygments) is imported on
@@ -111,6 +112,35 @@ class TranscriptPointer:
         local = QPointF(pos.x() - geometry.content_left, pos.y() - geometry.content_top)
         return doc.documentLayout().anchorAt(local)
 
+    def _image_at(self, index: QModelIndex, pos: QPoint) -> int:
+        message = message_of(index)
+        geometry = self._delegate.row_geometry(index)
+        if message is None or geometry is None or not getattr(message, "attachments", ()):
+            return -1
+        local = QPoint(pos.x() - geometry.content_left, pos.y() - geometry.bubble.top() - BUBBLE_PAD_Y)
+        return self._delegate.images.image_at(message, geometry.content_width, local)
+
+    def open_image(self, message_id: str, number: int = 0) -> ImageViewer | None:
+        """Shows a message's image at full size in the viewer (Esc closes it)."""
+        index = self.index_of_message(message_id)
+        message = message_of(index) if index.isValid() else None
+        if message is None or not getattr(message, "attachments", ()):
+            return None
+        if self.image_viewer is not None:
+            self.image_viewer.close()
+        viewer = ImageViewer(message.attachments, number, self.window())
+        viewer.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        viewer.finished.connect(lambda *_: setattr(self, "image_viewer", None) if self.image_viewer is viewer else None)
+        self.image_viewer = viewer
+        viewer.show()
+        self.image_opened.emit(message_id, viewer.number)
+        return viewer
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.open_image(self._selected_id) is not None:
+            return
+        super().keyPressEvent(event)
+
     def shows_actions(self, message_id: str) -> bool:
         """Copy/Edit/Replay links show on the hovered and the selected message, and on the last one."""
         if message_id in (self._hovered_id, self._selected_id):
@@ -171,7 +201,7 @@ class TranscriptPointer:
         self._set_hovered(index)
         if index.isValid():
             pos = event.position().toPoint()
-            pointing = bool(self._link_at(index, pos) or self._anchor_at(index, pos))
+            pointing = bool(self._link_at(index, pos) or self._anchor_at(index, pos)) or self._image_at(index, pos) >= 0
         self.viewport().setCursor(Qt.CursorShape.PointingHandCursor if pointing else Qt.CursorShape.ArrowCursor)
         super().mouseMoveEvent(event)
 
@@ -188,6 +218,11 @@ class TranscriptPointer:
                 anchor = self._anchor_at(index, pos)
                 if anchor:
                     self.open_anchor(QPersistentModelIndex(index), anchor)
+                    return
+                number = self._image_at(index, pos)
+                if number >= 0:
+                    self.select_message(message.id)
+                    self.open_image(message.id, number)
                     return
                 geometry = self._delegate.row_geometry(index)
                 if geometry is not None and geometry.bubble.contains(pos):
@@ -219,6 +254,10 @@ class TranscriptPointer:
             copy_selection = QAction("Copy selection", menu)
             copy_selection.triggered.connect(lambda: self._copy(selection))
             menu.insertAction(copy_action, copy_selection)
+        if getattr(message, "attachments", ()):
+            view = QAction("View images\u2026" if len(message.attachments) > 1 else "View image\u2026", menu)
+            view.triggered.connect(lambda: self.open_image(message.id))
+            menu.addAction(view)
         final = message.status not in ("streaming", "sending")
         if message.role == "user":
             edit = QAction("Edit and resend", menu)

@@ -41,6 +41,7 @@ class TranscriptView(TranscriptPointer, QListView):
     replay_progressed = Signal(str, int)  # message id, number (1-based) of the frame on screen
     replay_state_changed = Signal(str)  # a replay was paused or resumed
     replay_finished = Signal(str)
+    image_opened = Signal(str, int)  # message id, number of the image shown in the viewer
     # Rewrite a span of a reply: message id, [start, end) characters of its text, ask for an instruction.
     sig_rewrite_requested = Signal(str, int, int, bool)
     sig_undo_rewrite_requested = Signal(str)
@@ -73,6 +74,7 @@ class TranscriptView(TranscriptPointer, QListView):
         self._frame_timer.setInterval(max(FRAME_MS, int(FADE_STEP_S * 1000)))
         self._frame_timer.timeout.connect(self._on_frame_timer_timeout)
         self._replays: dict[str, Any] = {}
+        self.image_viewer = None  # the last ImageViewer opened (app.transcript.image_viewer)
         self.verticalScrollBar().valueChanged.connect(self._on_scrollbar_value_changed)
         self.verticalScrollBar().rangeChanged.connect(self._on_scrollbar_range_changed)
 

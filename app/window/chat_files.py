@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.chat.export import ExportedChat, ImportRefused, chat_of, chats_to_json, chats_to_markdown, read_chats_file
+from app.chat.attachments import SUFFIXES
 from app.chat.store import StoreWriteError
+from app.window.attachment_strip import check_image
 
 log = logging.getLogger("canvas_chat.chat_files")
 
@@ -45,6 +48,30 @@ def _file_name(title: str, suffix: str) -> str:
     return stem + suffix
 
 
+def write_markdown_images(markdown_path: Path, chats: list[ExportedChat]) -> dict[str, str]:
+    """Copies the chats' images into a `<name>_images` folder beside the Markdown file; returns
+    attachment id -> the link to put in the Markdown (relative to it). An image whose file is gone
+    gets no link (the Markdown names it). OSError reaches the caller with the folder removed."""
+    attachments = [a for chat in chats for m in chat.messages for a in m.attachments if a.path.is_file()]
+    if not attachments:
+        return {}
+    folder = markdown_path.with_name(markdown_path.stem + "_images")
+    created = not folder.exists()
+    links = {}
+    try:
+        folder.mkdir(exist_ok=True)
+        for number, attachment in enumerate(attachments, start=1):
+            stem = _file_name(Path(attachment.name).stem, "")
+            target = folder / f"{number:02d}-{stem}{SUFFIXES[attachment.media_type]}"
+            shutil.copyfile(attachment.path, target)
+            links[attachment.id] = f"{folder.name}/{target.name}"
+    except OSError:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return links
+
+
 class ExportOptionsDialog(QDialog):
     """Markdown (to read) or JSON (to import again), and whether JSON carries the recorded drafts."""
 
@@ -54,8 +81,8 @@ class ExportOptionsDialog(QDialog):
         self.setWindowTitle(title)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Export as:", self))
-        self.markdown_radio = QRadioButton("Markdown: a readable transcript", self)
-        self.json_radio = QRadioButton("JSON: everything, to import again (messages, times, settings, stats)", self)
+        self.markdown_radio = QRadioButton("Markdown: a readable transcript (its images in a folder beside it)", self)
+        self.json_radio = QRadioButton("JSON: everything, to import again (messages, images, times, settings, stats)", self)
         self.replay_check = QCheckBox("Include the recorded drafts, so that Replay works after an import (bigger file)", self)
         self.replay_check.setContentsMargins(20, 0, 0, 0)
         for widget in (self.markdown_radio, self.json_radio, self.replay_check):
@@ -149,8 +176,11 @@ class ChatFiles(QObject):
             return
         if not Path(path).suffix:
             path += suffix
-        text = chats_to_json(chats, include_replay, _app_version()) if as_json else chats_to_markdown(chats)
         try:
+            if as_json:
+                text = chats_to_json(chats, include_replay, _app_version())
+            else:
+                text = chats_to_markdown(chats, write_markdown_images(Path(path), chats))
             Path(path).write_text(text, encoding="utf-8")
         except OSError as exc:
             self._show_error("The chats could not be exported.", f"{path}: {exc.strerror or exc}")
@@ -165,9 +195,9 @@ class ChatFiles(QObject):
         path, _ = QFileDialog.getOpenFileName(self.window, "Import chats", str(Path.home()), f"{JSON_FILTER};;All files (*)")
         if not path:
             return []
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # checking every recorded draft takes a moment
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # checking every draft and image takes a moment
         try:
-            chats = read_chats_file(Path(path))
+            chats = read_chats_file(Path(path), check_image)
         except ImportRefused as exc:
             self._show_error("Nothing was imported.", str(exc))
             return []

@@ -113,7 +113,12 @@ class Composer(QFrame):
 
         self.edit_bar = QFrame(self)
         self.edit_bar.setObjectName("composerEditBar")
-        self.edit_label = QLabel("Editing your message \u2014 sending replaces it and everything after it", self.edit_bar)
+        self.edit_label = QLabel(
+            "Editing your message \u2014 its images stay and images you attach are added; "
+            "sending replaces it and everything after it",
+            self.edit_bar,
+        )
+        self.edit_label.setWordWrap(True)
         self.edit_cancel_button = QToolButton(self.edit_bar)
         self.edit_cancel_button.setText("Cancel")
         self.edit_cancel_button.clicked.connect(self.cancel_edit)

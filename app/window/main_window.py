@@ -360,8 +360,10 @@ class MainWindow(QMainWindow):
             self.composer.attachments.clear()
 
     def _on_composer_edit_submitted(self, message_id: str, text: str) -> None:
-        if self.controller.edit_and_resend(message_id, text) is None:
+        if self.controller.edit_and_resend(message_id, text, self.composer.attachments.sources()) is None:
             self.composer.begin_edit(message_id, text)
+        else:
+            self.composer.attachments.clear()
 
     def begin_edit(self, message_id: str) -> None:
         message = self.controller.transcript.get(message_id)

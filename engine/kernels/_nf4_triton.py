@@ -99,3 +99,48 @@ def nf4_gemm(
     out_mask = row_ok[:, None] & col_ok[None, :]
     tl.store(out_ptr + out_rows[:, None].to(tl.int64) * stride_out + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def align_by_expert(flat_ptr, sorted_slots_ptr, block_experts_ptr, num_padded_ptr, slots, num_experts, capacity,
+                    BLOCK_M: tl.constexpr, EXPERTS_POW2: tl.constexpr, CHUNK: tl.constexpr):
+    # Program e < num_experts writes expert e's run of the padded order (its slots in token order,
+    # then padding, and the expert of each of its blocks); program num_experts writes the tail
+    # past the used length and the used length itself. Every program counts all experts itself
+    # (a few thousand ids), so one launch does it all, with no atomics and no host read.
+    e = tl.program_id(0)
+    experts = tl.arange(0, EXPERTS_POW2)
+    counts = tl.zeros((EXPERTS_POW2,), dtype=tl.int32)
+    for s0 in range(0, slots, CHUNK):
+        offs = s0 + tl.arange(0, CHUNK)
+        ids = tl.load(flat_ptr + offs, mask=offs < slots, other=-1).to(tl.int32)
+        counts += tl.sum((ids[None, :] == experts[:, None]).to(tl.int32), axis=1)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    total = tl.sum(padded, axis=0)
+    start = tl.sum(tl.where(experts < e, padded, 0), axis=0)
+    lanes = tl.arange(0, CHUNK)
+    if e < num_experts:
+        count = tl.sum(tl.where(experts == e, counts, 0), axis=0)
+        mine = tl.sum(tl.where(experts == e, padded, 0), axis=0)
+        seen = count * 0
+        for s0 in range(0, slots, CHUNK):
+            offs = s0 + lanes
+            ids = tl.load(flat_ptr + offs, mask=offs < slots, other=-1).to(tl.int32)
+            hit = (ids == e).to(tl.int32)
+            rank = seen + tl.cumsum(hit, axis=0) - 1
+            tl.store(sorted_slots_ptr + start + rank, offs.to(tl.int64), mask=hit > 0)
+            seen += tl.sum(hit, axis=0)
+        pad = tl.arange(0, BLOCK_M)
+        tl.store(sorted_slots_ptr + start + count + pad, (pad * 0 + slots).to(tl.int64), mask=pad < mine - count)
+        first_block = start // BLOCK_M
+        for b0 in range(0, mine // BLOCK_M, CHUNK):
+            b = b0 + lanes
+            tl.store(block_experts_ptr + first_block + b, (b * 0 + e).to(tl.int64), mask=b < mine // BLOCK_M)
+    else:
+        for p0 in range(total, capacity, CHUNK):
+            p = p0 + lanes
+            tl.store(sorted_slots_ptr + p, (p * 0 + slots).to(tl.int64), mask=p < capacity)
+        for b0 in range(total // BLOCK_M, capacity // BLOCK_M, CHUNK):
+            b = b0 + lanes
+            tl.store(block_experts_ptr + b, (b * 0 + num_experts - 1).to(tl.int64), mask=b < capacity // BLOCK_M)
+        tl.store(num_padded_ptr, total.to(tl.int64))

@@ -152,30 +152,81 @@ class NF4Operand:
         return cached
 
 
+# The kernels are torch custom ops: each launch is one op to the dispatcher (one op in a
+# TorchDispatchMode count, a node CUDA graphs and torch.compile can see), and their fake kernels
+# let the launches be counted, or traced, without running them (bench/profile_forward.py).
+_GEMM_FLAGS = ("BLOCKSIZE", "NESTED_BLOCKSIZE", "DOUBLE_QUANT", "ROUTED", "A_FROM_SLOT", "OUT_TO_SLOT", "GATED",
+               "ACTIVATION", "ROUTE_WEIGHTS", "DOT_FP32", "BLOCK_M", "BLOCK_N", "BLOCK_K")
+_BOOL_FLAGS = {"DOUBLE_QUANT", "ROUTED", "A_FROM_SLOT", "OUT_TO_SLOT", "GATED", "ROUTE_WEIGHTS", "DOT_FP32"}
+
+
+@torch.library.custom_op("canvas::nf4_gemm", mutates_args=("out",))
+def nf4_gemm_op(a: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                nested_absmax: torch.Tensor, nested_code: torch.Tensor, nested_offset: torch.Tensor, out: torch.Tensor,
+                sorted_slots: torch.Tensor, block_experts: torch.Tensor, num_padded: torch.Tensor,
+                route_weights: torch.Tensor, sizes: list[int], flags: list[int]) -> None:
+    """One launch of the fused NF4 GEMM; `sizes` = (num_rows, N, K, weight_rows, a_div, grid_m)."""
+    num_rows, n, k, weight_rows, a_div, grid_m = sizes
+    meta = {name: bool(v) if name in _BOOL_FLAGS else v for name, v in zip(_GEMM_FLAGS, flags)}
+    _kernel()[(grid_m, -(-n // meta["BLOCK_N"]))](
+        a, a.stride(0), packed, absmax, code, nested_absmax, nested_code, nested_offset, out, out.stride(0),
+        sorted_slots, block_experts, num_padded, route_weights, num_rows, n, k, weight_rows, a_div, **meta,
+    )
+
+
+@nf4_gemm_op.register_fake
+def _nf4_gemm_fake(a, packed, absmax, code, nested_absmax, nested_code, nested_offset, out, sorted_slots,
+                   block_experts, num_padded, route_weights, sizes, flags) -> None:
+    return None
+
+
+@torch.library.custom_op("canvas::align_by_expert", mutates_args=("sorted_slots", "block_experts", "num_padded"))
+def align_by_expert_op(flat: torch.Tensor, sorted_slots: torch.Tensor, block_experts: torch.Tensor,
+                       num_padded: torch.Tensor, num_experts: int, block_m: int) -> None:
+    """`align_by_expert` in one launch: (num_experts + 1) programs, see _nf4_triton.align_by_expert."""
+    from engine.kernels._nf4_triton import align_by_expert as kernel
+
+    chunk = 16 if interpreting() else 64
+    kernel[(num_experts + 1,)](flat, sorted_slots, block_experts, num_padded, flat.numel(), num_experts,
+                               sorted_slots.numel(), BLOCK_M=block_m, EXPERTS_POW2=max(16, 1 << (num_experts - 1).bit_length()),
+                               CHUNK=chunk)
+
+
+@align_by_expert_op.register_fake
+def _align_fake(flat, sorted_slots, block_experts, num_padded, num_experts, block_m) -> None:
+    return None
+
+
+def align_by_expert_fused(top_k_index: torch.Tensor, num_experts: int, block_m: int):
+    """`align_by_expert`'s result from one Triton launch instead of ~20 torch ops."""
+    flat = top_k_index.reshape(-1)
+    if flat.dtype != torch.int64 or not flat.is_contiguous():
+        flat = flat.to(torch.int64).contiguous()
+    slots = flat.numel()
+    num_blocks = max(1, -(-(slots + min(num_experts, slots) * (block_m - 1)) // block_m))
+    sorted_slots = torch.empty(num_blocks * block_m, dtype=torch.int64, device=flat.device)
+    block_experts = torch.empty(num_blocks, dtype=torch.int64, device=flat.device)
+    num_padded = torch.empty(1, dtype=torch.int64, device=flat.device)
+    torch.ops.canvas.align_by_expert(flat, sorted_slots, block_experts, num_padded, num_experts, block_m)
+    return sorted_slots, block_experts, num_padded
+
+
 def _launch(a, operand: NF4Operand, out, *, num_rows, n, k, weight_rows, routing=None, a_from_slot=False,
             out_to_slot=False, a_div=1, gated=False, activation=0, route_weights=None, block_m=16, block_n=64,
             block_k=64):
-    kernel = _kernel()
     dot_fp32 = interpreting() or a.dtype == torch.float32
     if routing is not None:
         sorted_slots, block_experts, num_padded = routing
         grid_m = block_experts.numel()
     else:
-        sorted_slots = block_experts = num_padded = out  # unread
+        sorted_slots = block_experts = num_padded = torch.empty(1, dtype=torch.int64, device=out.device)  # unread
         grid_m = -(-num_rows // block_m)
-    weights = route_weights if route_weights is not None else out
-    grid = (grid_m, -(-n // block_n))
-    kernel[grid](
-        a, a.stride(0),
-        operand.packed, operand.absmax, operand.code, operand.nested_absmax, operand.nested_code, operand.nested_offset,
-        out, out.stride(0),
-        sorted_slots, block_experts, num_padded, weights,
-        num_rows, n, k, weight_rows, a_div,
-        BLOCKSIZE=operand.blocksize, NESTED_BLOCKSIZE=operand.nested_blocksize, DOUBLE_QUANT=operand.double_quant,
-        ROUTED=routing is not None, A_FROM_SLOT=a_from_slot, OUT_TO_SLOT=out_to_slot,
-        GATED=gated, ACTIVATION=activation, ROUTE_WEIGHTS=route_weights is not None, DOT_FP32=dot_fp32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-    )
+    weights = route_weights if route_weights is not None else torch.empty(1, dtype=torch.float32, device=out.device)
+    flags = [operand.blocksize, operand.nested_blocksize, operand.double_quant, routing is not None, a_from_slot,
+             out_to_slot, gated, activation, route_weights is not None, dot_fp32, block_m, block_n, block_k]
+    torch.ops.canvas.nf4_gemm(a, operand.packed, operand.absmax, operand.code, operand.nested_absmax,
+                              operand.nested_code, operand.nested_offset, out, sorted_slots, block_experts, num_padded,
+                              weights, [num_rows, n, k, weight_rows, a_div, grid_m], [int(f) for f in flags])
 
 
 def block_sizes(num_slots: int) -> tuple[int, int, int]:
@@ -200,7 +251,7 @@ def fused_moe(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weig
     if num_tokens == 0:
         return torch.zeros_like(hidden_states)
     block_m, block_n, block_k = block_sizes(num_slots)
-    routing = align_by_expert(top_k_index, experts, block_m)
+    routing = align_by_expert_fused(top_k_index, experts, block_m)
     x = hidden_states.contiguous()
     intermediate = torch.empty(routing[0].numel(), inter, dtype=x.dtype, device=x.device)
     _launch(x, NF4Operand.of_expert_weight(gate_up), intermediate, num_rows=num_slots, n=inter, k=hidden,

@@ -61,7 +61,7 @@ def test_json_export_then_import_round_trips_a_chat_exactly_with_new_ids(chat_st
     original = _stored_chat(chat_store)
     text = chats_to_json([original], include_replay=True, app_version="0.1.0")
     document = json.loads(text)
-    assert (document["format"], document["schema_version"], document["includes_replay"]) == ("canvas-chat-export", 1, True)
+    assert (document["format"], document["schema_version"], document["includes_replay"]) == ("canvas-chat-export", export.SCHEMA_VERSION, True)
 
     imported = chat_store.import_chats(parse_chats_json(text))
     again = chat_store.import_chats(parse_chats_json(text))  # the same file twice: two copies, no clash
@@ -117,7 +117,7 @@ def _set(path: str, value):
 
 
 MALFORMED = {
-    "schema version 2": (_set("schema_version", 2), "schema version 2"),
+    "a newer schema version": (_set("schema_version", export.SCHEMA_VERSION + 1), f"schema version {export.SCHEMA_VERSION + 1}"),
     "no schema version": (_set("schema_version", KeyError), "schema_version"),
     "another format": (_set("format", "chatgpt"), "not a Canvas Chat export"),
     "conversations not a list": (_set("conversations", {}), "wrong type"),

@@ -90,8 +90,9 @@ def test_no_tokens_gives_zeros_without_launching(monkeypatch):
     assert out.shape == (0, 64) and launches == [] and quantization._fused_failure == {}
 
 
+@pytest.mark.parametrize("align", [nf4_moe.align_by_expert, nf4_moe.align_by_expert_fused], ids=["torch", "triton"])
 @pytest.mark.parametrize("block_m", [4, 16])
-def test_align_by_expert_sorts_and_pads_every_slot_once_without_host_reads(block_m):
+def test_align_by_expert_sorts_and_pads_every_slot_once_without_host_reads(block_m, align):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     num_experts, top_k = 6, 2
@@ -105,7 +106,7 @@ def test_align_by_expert_sorts_and_pads_every_slot_once_without_host_reads(block
             return func(*args, **(kwargs or {}))
 
     with HostReads():
-        sorted_slots, block_experts, num_padded = nf4_moe.align_by_expert(top_k_index, num_experts, block_m)
+        sorted_slots, block_experts, num_padded = align(top_k_index, num_experts, block_m)
     assert reads == []
     flat = top_k_index.reshape(-1)
     slots = flat.numel()
@@ -120,6 +121,16 @@ def test_align_by_expert_sorts_and_pads_every_slot_once_without_host_reads(block
         assert len(real) > 0  # no block of padding alone inside the used length
         assert (flat[real] == block_experts[block]).all()
         assert real.tolist() == sorted(real.tolist())  # stable: token order kept within an expert
+
+
+@pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [(40, 20, 3, 4), (1, 8, 2, 16), (25, 5, 4, 8)])
+def test_the_one_launch_alignment_gives_the_torch_reference_exactly(num_tokens, num_experts, top_k, block_m):
+    """40 x 3 slots span several of the kernel's 16-slot chunks; 20 experts pad the expert axis to 32."""
+    top_k_index, _ = _routing(num_tokens, num_experts, top_k, seed=num_tokens, avoid=(1,))
+    expected = nf4_moe.align_by_expert(top_k_index, num_experts, block_m)
+    got = nf4_moe.align_by_expert_fused(top_k_index, num_experts, block_m)
+    for name, want, have in zip(("sorted_slots", "block_experts", "num_padded"), expected, got):
+        assert torch.equal(want, have), name
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -254,7 +265,8 @@ def test_the_gpu_bench_runs_all_three_nf4_variants_where_the_kernel_is_available
     launches = []
     real_launch = nf4_moe._launch
     monkeypatch.setattr(nf4_moe, "_launch", lambda *a, **k: launches.append(k.get("routing") is None) or real_launch(*a, **k))
-    assert fused_kernel.main(["--size", "small", "--device", "cpu", "--canvas", "16", "--json"]) == 0
+    assert fused_kernel.main(["--size", "small", "--device", "cpu", "--canvas", "16", "--prompt-tokens", "8",
+                              "--json"]) == 0
     assert True in launches and False in launches  # the linears and the experts went through the kernel
     report = json.loads(capsys.readouterr().out)
     assert [run["variant"] for run in report["runs"]] == ["nf4 stock", "nf4 fused experts", "nf4 fused all", "fp32"]
