@@ -25,6 +25,7 @@ MAX_LINE_BYTES = 16 * 2**20
 
 FinishReason = Literal["eos", "length", "cancelled"]
 RewriteFinish = Literal["rewritten", "cancelled"]
+SpanUnit = Literal["tokens", "characters"]
 # Why a request failed; `Error.message` says it in plain words, the code is for the program.
 # ("engine_stopped" is the GUI's own: it never reached a worker.)
 ErrorCode = Literal[
@@ -234,11 +235,13 @@ class RewriteSpan:
     request_id: str
     messages: list[ChatMessage]  # the conversation up to the user turn the reply answers
     reply_token_ids: list[int]  # the reply as `done.token_ids` gave it
-    span_start: int  # token indices into reply_token_ids
+    span_start: int  # token indices into reply_token_ids (or characters: span_unit)
     span_end: int
     instruction: str = ""
     system_prompt: str = ""
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    # "characters": span_start/span_end are offsets into the reply's text, widened to whole tokens.
+    span_unit: SpanUnit = "tokens"
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,8 @@ class SpanDraft:
     pieces: list[str]
     settled: list[bool]
     entropy: list[int]
+    span_tokens: list[int] = field(default_factory=list)  # [start, end) of the whole span, tokens
+    span_chars: list[int] = field(default_factory=list)  # [start, end) of the whole span in the old text
 
 
 @dataclass(frozen=True)

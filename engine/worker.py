@@ -295,12 +295,19 @@ class Engine:
 
     def _rewrite_span(self, request: p.RewriteSpan) -> None:
         """Re-denoises a span of a reply in place (`engine.rewrite`); the rest is held bit for bit."""
-        from engine.rewrite import SpanDraftReport, character_ranges, rewrite_span
+        from engine.rewrite import SpanDraftReport, character_ranges, rewrite_span, token_span_of_characters
 
         request_id = request.request_id
         if self.loaded is None:
             raise EngineError("no_model_loaded", "No model is loaded yet: load one before rewriting.")
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        reply_ids = list(request.reply_token_ids)
+        span_start, span_end = request.span_start, request.span_end
+        if request.span_unit == "characters":
+            reply_text = tokenizer.decode(reply_ids, skip_special_tokens=True)
+            span_start, span_end = token_span_of_characters(tokenizer, reply_ids, reply_text, span_start, span_end)
+        # Where the whole span lies, sent with every draft: the GUI draws the old text around it.
+        _, span_chars, _ = character_ranges(tokenizer, reply_ids, span_start, span_end)
         messages = [{"role": m.role, "content": m.text} for m in request.messages]
         if request.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": request.system_prompt})
@@ -320,20 +327,22 @@ class Engine:
                     pieces=pieces.of(report.token_ids),
                     settled=report.settled,
                     entropy=report.entropy_buckets,
+                    span_tokens=[span_start, span_end],
+                    span_chars=span_chars,
                 )
             )
 
         try:
             if self.cancels.is_cancelled(request_id):
-                result_ids, finish_reason, stats = list(request.reply_token_ids), "cancelled", None
+                result_ids, finish_reason, stats = reply_ids, "cancelled", None
             else:
                 result = rewrite_span(
                     model,
                     tokenizer,
                     messages,
-                    list(request.reply_token_ids),
-                    request.span_start,
-                    request.span_end,
+                    reply_ids,
+                    span_start,
+                    span_end,
                     request.settings,
                     instruction=request.instruction,
                     on_draft=on_draft,
@@ -342,15 +351,15 @@ class Engine:
                 result_ids, finish_reason, stats = result.token_ids, result.finish_reason, result.stats
         finally:
             self.cancels.forget(request_id)
-        text, rewritten, kept = character_ranges(tokenizer, result_ids, request.span_start, request.span_end)
+        text, rewritten, kept = character_ranges(tokenizer, result_ids, span_start, span_end)
         self.emit(
             p.SpanRewritten(
                 request_id,
                 finish_reason=finish_reason,
                 text=text,
                 token_ids=result_ids,
-                span_start=request.span_start,
-                span_end=request.span_end,
+                span_start=span_start,
+                span_end=span_end,
                 rewritten=rewritten,
                 kept=kept,
                 stats=stats or p.GenerationStats(0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0, 0),

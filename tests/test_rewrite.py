@@ -326,3 +326,33 @@ def test_span_drafts_coalesce_latest_wins_and_the_result_is_never_dropped():
     drafts = [(e.canvas_index, e.step_index) for e in events if isinstance(e, p.SpanDraft)]
     assert drafts == [(0, 2), (1, 0)]
     assert isinstance(events[-1], p.SpanRewritten)
+
+
+def test_the_worker_widens_a_character_span_and_says_where_the_whole_span_lies(tiny_model_dir, tiny, reply_ids):
+    """What the GUI sends: the selection in characters of the reply's text (it has no tokenizer)."""
+    from engine.rewrite import token_span_of_characters
+
+    process = WorkerProcess()
+    process.hello()
+    process.load(tiny_model_dir)
+    selected = "capital of France"
+    char_start = REPLY.index(selected)
+    start, end = token_span_of_characters(tiny.tokenizer, reply_ids, REPLY, char_start, char_start + len(selected))
+    by_characters = p.RewriteSpan(new_id(), [user("What are the capitals?")], reply_ids, char_start,
+                                  char_start + len(selected), settings=p.GenerationSettings(seed=3),
+                                  span_unit="characters")
+    events = process.request(by_characters, (p.SpanRewritten, p.Error))
+    done = events[-1]
+    assert isinstance(done, p.SpanRewritten) and (done.span_start, done.span_end) == (start, end), done
+    drafts = [e for e in events if isinstance(e, p.SpanDraft)]
+    whole_chars = [len(tiny.tokenizer.decode(reply_ids[:start])), len(tiny.tokenizer.decode(reply_ids[:end]))]
+    assert drafts and all(d.span_tokens == [start, end] and d.span_chars == whole_chars for d in drafts)
+    assert whole_chars[0] <= char_start and char_start + len(selected) <= whole_chars[1]
+    by_tokens = process.request(p.RewriteSpan(new_id(), [user("What are the capitals?")], reply_ids, start, end,
+                                              settings=p.GenerationSettings(seed=3)), (p.SpanRewritten, p.Error))[-1]
+    assert done.token_ids == by_tokens.token_ids
+    assert done.token_ids[:start] == reply_ids[:start] and done.token_ids[end:] == reply_ids[end:]
+    bad = process.request(p.RewriteSpan(new_id(), [user("Hi")], reply_ids, 0, 999, span_unit="characters"),
+                          (p.SpanRewritten, p.Error))[-1]
+    assert isinstance(bad, p.Error) and bad.code == "bad_span" and "outside the text" in bad.message
+    assert process.close() == 0

@@ -18,6 +18,7 @@ Methods
     regenerate() -> message id | None            drops the last reply and asks again
     edit_and_resend(user_message_id, text)       drops that message and everything after, sends text
     replay_player(message_id, speed) -> ReplayPlayer | None
+    rewrites (attribute)                         rewrite a span of a reply in place: app.chat.rewrite
     close()                                      disconnects from the client (call on window close)
     use_backend(backend) -> bool                 replies come from `backend` from now on (the local
                                                  EngineClient or an app.remote RemoteBackend); False
@@ -65,6 +66,7 @@ from app.chat.messages import (
 )
 from app.worker.engine_client import EngineClient
 from app.chat.replay import ReplayPlayer, ReplayRecorder
+from app.chat.rewrite import SpanRewrites
 from app.settings import Settings
 from app.chat.store import ChatStore, SearchHit, StoreWriteError
 from app.chat.attachments import ImageSource, chat_message_of, sources_of, write_image_files
@@ -120,6 +122,8 @@ class ConversationController(QObject):
         self._chat_settings = ChatSettingsBook(store.conversation_settings, lambda: self._settings)
         self._client_hooks: list[tuple[Any, Callable[..., None]]] = []
         self._listen_to(client)
+        # Rewriting in place needs the local engine (a remote server has no such request).
+        self.rewrites = SpanRewrites(self, client)
 
     def _listen_to(self, backend: ChatBackend) -> None:
         self._client_hooks = [
@@ -135,16 +139,20 @@ class ConversationController(QObject):
 
     def close(self) -> None:
         """Stops listening to the engine client (the store and client stay open: they are not ours)."""
+        self._stop_listening()
+        self.rewrites.close()
+
+    def _stop_listening(self) -> None:
         for signal, slot in self._client_hooks:
             signal.disconnect(slot)
         self._client_hooks = []
 
     def use_backend(self, backend: ChatBackend) -> bool:
         """Sends the next replies to `backend` (refused while a reply is generating)."""
-        if self._active is not None:
+        if self.is_generating:
             return False
         if backend is not self.backend:
-            self.close()
+            self._stop_listening()
             self.backend = backend
             self._listen_to(backend)
             self.backend_changed.emit(backend)
@@ -158,7 +166,8 @@ class ConversationController(QObject):
 
     @property
     def is_generating(self) -> bool:
-        return self._active is not None
+        """A reply is being written, or a span of one rewritten (one request at a time)."""
+        return self._active is not None or self.rewrites.busy
 
     @property
     def active_message_id(self) -> str | None:
@@ -230,6 +239,7 @@ class ConversationController(QObject):
                 messages = [live if m.id == live.id else m for m in messages]
                 if all(m.id != live.id for m in messages):
                     messages.append(live)
+            messages = [self.rewrites.live_message(m) for m in messages]
             self.transcript.load(conversation_id, messages)
         self.conversation_opened.emit(conversation_id)
         self.chat_settings_changed.emit(self.chat_settings)
@@ -268,7 +278,7 @@ class ConversationController(QObject):
         """Sends a user message (with `images`, checked by the composer) in the open conversation
         (a new one if none is open). None when nothing was sent (and nothing stored)."""
         text = text.strip()
-        if (not text and not images) or self._active is not None:
+        if (not text and not images) or self.is_generating:
             return None
         if not self.current_conversation_id and self.new_conversation() is None:
             return None
@@ -293,10 +303,11 @@ class ConversationController(QObject):
         """Cancels the streaming reply; it ends as "stopped" with its committed text."""
         if self._active is not None:
             self.backend.cancel(self._active.request_id)
+        self.rewrites.stop()
 
     def regenerate(self) -> str | None:
         """Drops the last assistant reply of the open conversation and asks again."""
-        if self._active is not None or not self.current_conversation_id:
+        if self.is_generating or not self.current_conversation_id:
             return None
         last = self.transcript.last()
         if last is None:
@@ -310,7 +321,7 @@ class ConversationController(QObject):
     def edit_and_resend(self, message_id: str, text: str, added_images: Sequence[ImageSource] = ()) -> str | None:
         """Replaces a user message (dropping everything after it) and sends the new text with the
         message's images and `added_images` (attached while editing) after them."""
-        if self._active is not None:
+        if self.is_generating:
             return None
         message = self.transcript.get(message_id)
         if message is None or message.role != "user" or not (text.strip() or message.attachments or added_images):
@@ -425,7 +436,10 @@ class ConversationController(QObject):
             content = self._with_visible_draft(content)
             if not done.token_ids:
                 stats = None  # nothing was committed: no speed to report
-        self._finish_reply(status, content, stats=stats)
+        # The tokens a span rewrite starts from, when the text is exactly theirs (not the answer
+        # part of a thinking reply, nor a stopped reply's settled draft).
+        token_ids = tuple(done.token_ids) if content == done.text and not done.reasoning else ()
+        self._finish_reply(status, content, stats=stats, token_ids=token_ids)
 
     def _with_visible_draft(self, content: str) -> str:
         """The committed text plus the settled start of the open canvas: a reply stopped (or cut
@@ -498,7 +512,9 @@ class ConversationController(QObject):
                 setattr(message, name, value)
         if not persist:
             return
-        stored = {k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay")}
+        stored = {
+            k: v for k, v in values.items() if k in ("content", "status", "stats", "error", "replay", "token_ids", "versions")
+        }
         if stored and message.id not in self._unsaved:
             # (An unsaved message is written whole, with these values, by the next successful write.)
             if self._write(lambda: self.store.update_message(message.id, **stored)) is _FAILED:

@@ -68,8 +68,14 @@ class Message:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     attachments: tuple[Any, ...] = ()  # app.chat.attachments.Attachment: images of a user message
+    # A finished reply's token ids as the engine gave them (what a rewrite of a span starts from),
+    # and its versions once a span was rewritten (app.chat.versions.ReplyVersions).
+    token_ids: tuple[int, ...] = ()
+    versions: Any = None
     # Not persisted: the open canvas while the reply streams (None otherwise).
     draft: DraftState | None = None
+    # Not persisted: a rewrite of a span in progress (app.chat.versions.RewriteInProgress).
+    rewrite: Any = None
 
     @property
     def is_final(self) -> bool:

@@ -26,6 +26,7 @@ from app.chat.attachments import (
     write_image_files,
 )
 from app.chat.messages import DEFAULT_TITLE, Conversation, Message
+from app.chat.versions import ReplyVersions
 
 log = logging.getLogger("canvas_chat.store")
 
@@ -44,8 +45,10 @@ class SearchHit:
     snippet: str  # matching message text around the hit, or "" when the title matched
 
 
-_MESSAGE_COLUMNS = "id, conversation_id, role, content, status, stats, error, replay, created, updated, answered_by"
-_UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay"}
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, status, stats, error, replay, created, updated, answered_by, token_ids, versions"
+)
+_UPDATABLE_MESSAGE_FIELDS = {"content", "status", "stats", "error", "replay", "token_ids", "versions"}
 
 
 def _migration_1(db: sqlite3.Connection) -> None:
@@ -136,6 +139,12 @@ def _migration_add_conversation_settings(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE conversations ADD COLUMN settings TEXT")
 
 
+def _migration_add_reply_tokens_and_versions(db: sqlite3.Connection) -> None:
+    """A reply's token ids (what a span rewrite starts from) and, once rewritten, its versions."""
+    db.execute("ALTER TABLE messages ADD COLUMN token_ids TEXT")  # JSON list of ints
+    db.execute("ALTER TABLE messages ADD COLUMN versions TEXT")  # JSON: app.chat.versions.ReplyVersions
+
+
 # MIGRATIONS[n - 1] takes the database from user_version n - 1 to n.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
@@ -143,6 +152,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_add_reply_backend,
     _migration_add_attachments,
     _migration_add_conversation_settings,
+    _migration_add_reply_tokens_and_versions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -355,10 +365,11 @@ class ChatStore:
                         db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(chat.settings), c.id))
                     for m in chat.messages:
                         db.execute(
-                            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (m.id, c.id, m.role, m.content, m.status,
                              json.dumps(m.stats) if m.stats is not None else None, m.error, m.replay, m.created,
-                             m.updated, m.answered_by),
+                             m.updated, m.answered_by, _encode_token_ids(m.token_ids),
+                             m.versions.to_json() if m.versions is not None else None),
                         )
                         images = getattr(chat, "images", {}).get(m.id)
                         if images:
@@ -376,6 +387,8 @@ class ChatStore:
     @staticmethod
     def _message(row: sqlite3.Row, attachments: tuple[Attachment, ...] = ()) -> Message:
         stats = json.loads(row["stats"]) if row["stats"] else None
+        token_ids = tuple(json.loads(row["token_ids"])) if row["token_ids"] else ()
+        versions = ReplyVersions.from_json(row["versions"]) if row["versions"] else None
         return Message(
             attachments=attachments,
             id=row["id"],
@@ -389,6 +402,8 @@ class ChatStore:
             created=row["created"],
             updated=row["updated"],
             answered_by=row["answered_by"],
+            token_ids=token_ids,
+            versions=versions,
         )
 
     def messages(self, conversation_id: str) -> list[Message]:
@@ -436,7 +451,7 @@ class ChatStore:
             raise ValueError("the message has no conversation_id")
         with self._write() as db:
             db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.conversation_id,
@@ -449,6 +464,8 @@ class ChatStore:
                     message.created,
                     message.updated,
                     message.answered_by,
+                    _encode_token_ids(message.token_ids),
+                    message.versions.to_json() if message.versions is not None else None,
                 ),
             )
             _insert_attachments(db, message.id, message.attachments)
@@ -463,6 +480,10 @@ class ChatStore:
             raise ValueError(f"cannot update message field(s) {sorted(unknown)}")
         if "stats" in values and values["stats"] is not None:
             values["stats"] = json.dumps(values["stats"])
+        if "token_ids" in values:
+            values["token_ids"] = _encode_token_ids(values["token_ids"])
+        if "versions" in values and values["versions"] is not None:
+            values["versions"] = values["versions"].to_json()
         now = time.time()
         assignments = ", ".join(f"{name} = ?" for name in values)
         with self._write() as db:
@@ -538,6 +559,10 @@ class ChatStore:
             "WHERE m.content LIKE ? ESCAPE '\\' AND c.deleted IS NULL ORDER BY c.updated DESC LIMIT ?",
             (text, f"%{_like_escape(text)}%", limit * 4),
         ).fetchall()
+
+
+def _encode_token_ids(token_ids) -> str | None:
+    return json.dumps(list(token_ids)) if token_ids else None
 
 
 def _insert_attachments(db: sqlite3.Connection, message_id: str, attachments) -> None:

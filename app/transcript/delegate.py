@@ -30,6 +30,7 @@ from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem, QTextBr
 from app.transcript.canvas_paint import FADE_LEVELS, FADE_S, layout_canvas, text_height
 from app.chat.qt_models import MessageRole
 from app.theme import LIGHT, ThemeColors
+from app.transcript.span_animation import draw_span_into, source_with_mark
 from app.transcript.thought_channel import reasoning_of, with_thought
 
 from app.transcript.animation import AnimatedRow
@@ -86,6 +87,14 @@ def stats_line(stats: dict[str, Any] | None) -> str:
     return " \u00b7 ".join(parts)
 
 
+def version_links(message: Any) -> list[str]:
+    """The footer links of a reply rewritten in place: back to its version before, or forward."""
+    versions = message.versions
+    if versions is None:
+        return []
+    return (["Undo rewrite"] if versions.can_undo else []) + (["Redo rewrite"] if versions.can_redo else [])
+
+
 @dataclass
 class RowGeometry:
     bubble: QRect
@@ -133,6 +142,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         row = self._view.animated_row(message.id)
         if row is not None and row.replay:
             return row.committed_text
+        if message.rewrite is not None:
+            return source_with_mark(message.rewrite)
         reasoning = reasoning_of(message)
         if reasoning:
             return with_thought(message.content, reasoning, message.id in self._view.expanded_thoughts)
@@ -141,12 +152,14 @@ class TranscriptDelegate(QStyledItemDelegate):
     def document_for(self, message: Any, width: int) -> tuple[QTextDocument, RenderedMarkdown | None]:
         """The laid-out document of a message's shown (committed) text at a content width."""
         text = self.shown_text(message)
-        key = (message.id, message.role, text, width, self.colors.name, self._font.key())
+        key = (message.id, message.role, text, width, self.colors.name, self._font.key(), message.rewrite)
         cached = self._docs.get(key)
         if cached is not None:
             self._docs.move_to_end(key)
             return cached
         doc, rendered = self._build_document(message.role, text, width)
+        if message.rewrite is not None:
+            draw_span_into(doc, message.rewrite, self.colors)
         self._docs[key] = (doc, rendered)
         while len(self._docs) > DOC_CACHE_SIZE:
             self._docs.popitem(last=False)
@@ -240,6 +253,8 @@ class TranscriptDelegate(QStyledItemDelegate):
         retry = message.role == "assistant" and message.status == "interrupted"
         if message.role != "user" and not message.content.strip() and not retry:
             return links  # nothing to copy or replay: a reply stopped before any text settled
+        if message.rewrite is not None:
+            return links
         names = ["Copy"] if message.role == "user" or message.content.strip() else []
         if message.role == "user":
             names.append("Edit")
@@ -247,6 +262,7 @@ class TranscriptDelegate(QStyledItemDelegate):
             names.append("Replay")
         if retry:
             names.append("Retry")
+        names += version_links(message)
         top = bubble.bottom() + 3
         height = int(metrics.height())
         if message.role == "user":
@@ -399,6 +415,10 @@ class TranscriptDelegate(QStyledItemDelegate):
         painter.setFont(self._small_font)
         metrics = QFontMetricsF(self._small_font)
         baseline = geometry.footer_top + 1 + metrics.ascent()
+        if message.rewrite is not None:
+            painter.setPen(QColor(colors.dim_text))
+            painter.drawText(QPointF(geometry.bubble.left() + 4, baseline), message.rewrite.counter_text())
+            return
         if message.role != "user":
             mark = STATUS_MARKS.get(message.status)
             x = float(geometry.bubble.left() + 4)
@@ -414,6 +434,9 @@ class TranscriptDelegate(QStyledItemDelegate):
                 painter.drawText(QPointF(x, baseline), mark_text)
                 x += metrics.horizontalAdvance(mark_text)
             line = stats_line(message.stats)
+            if message.versions is not None and len(message.versions.items) > 1:
+                versions = message.versions
+                line = f"version {versions.current + 1} of {len(versions.items)}" + (" \u00b7 " + line if line else "")
             if line:
                 painter.setPen(QColor(colors.dim_text))
                 limit = (min(r.left() for r in geometry.links.values()) if geometry.links else geometry.bubble.right()) - x - 12

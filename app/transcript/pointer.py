@@ -8,7 +8,7 @@ import app.qt_compat  # noqa: F401  (must precede heavy PySide6 use; see the mod
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QAction, QContextMenuEvent, QDesktopServices, QGuiApplication
+from PySide6.QtGui import QAction, QContextMenuEvent, QDesktopServices, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import QMenu, QTextBrowser
 
 from app.transcript.delegate import BUBBLE_PAD_Y, message_of
@@ -44,7 +44,7 @@ class TranscriptPointer:
         index = self.index_of_message(message_id) if message_id else QModelIndex()
         if index.isValid():
             message = message_of(index)
-            if message.content and not self.is_streaming(message_id):
+            if message.content and not self.is_streaming(message_id) and message.rewrite is None:
                 self._editor_index = QPersistentModelIndex(index)
                 self.openPersistentEditor(index)
             self.viewport().update(self.visualRect(index))
@@ -61,7 +61,7 @@ class TranscriptPointer:
             return
         if top_left.row() <= self._editor_index.row() <= bottom_right.row():
             message = message_of(QModelIndex(self._editor_index))
-            if message is None or self.is_streaming(message.id):
+            if message is None or self.is_streaming(message.id) or message.rewrite is not None:
                 self.select_message("")
             else:
                 editor = self.indexWidget(QModelIndex(self._editor_index))
@@ -190,6 +190,10 @@ class TranscriptPointer:
             self.sig_retry_requested.emit(message_id)
         elif name == "Stop replay":
             self.stop_replay(message_id)
+        elif name == "Undo rewrite":
+            self.sig_undo_rewrite_requested.emit(message_id)
+        elif name == "Redo rewrite":
+            self.sig_redo_rewrite_requested.emit(message_id)
 
     def mouseMoveEvent(self, event) -> None:
         index = self.indexAt(event.position().toPoint())
@@ -269,5 +273,63 @@ class TranscriptPointer:
             replay.setEnabled(final and bool(message.replay))
             replay.triggered.connect(lambda: self.sig_replay_requested.emit(message.id))
             menu.addAction(replay)
+            self._add_rewrite_actions(menu, message)
         return menu
+
+    # -- rewriting a selected span in place
+
+    def _add_rewrite_actions(self, menu: QMenu, message: Any) -> None:
+        span = self.selected_source_span(message.id)
+        menu.addSeparator()
+        for text, with_instruction, name in (
+            ("Rewrite selection", False, "rewriteSelectionAction"),
+            ("Rewrite selection with instruction\u2026", True, "rewriteWithInstructionAction"),
+        ):
+            action = QAction(text, menu)
+            action.setObjectName(name)
+            action.setEnabled(span is not None and message.rewrite is None)
+            if span is not None:
+                action.triggered.connect(
+                    lambda _=False, w=with_instruction: self.sig_rewrite_requested.emit(message.id, span[0], span[1], w)
+                )
+            menu.addAction(action)
+        versions = message.versions
+        if versions is not None and (versions.can_undo or versions.can_redo):
+            undo = QAction("Undo rewrite", menu)
+            undo.setEnabled(versions.can_undo)
+            undo.triggered.connect(lambda: self.sig_undo_rewrite_requested.emit(message.id))
+            menu.addAction(undo)
+            redo = QAction("Redo rewrite", menu)
+            redo.setEnabled(versions.can_redo)
+            redo.triggered.connect(lambda: self.sig_redo_rewrite_requested.emit(message.id))
+            menu.addAction(redo)
+
+    def selected_source_span(self, message_id: str) -> tuple[int, int] | None:
+        """The text selected in a reply, as [start, end) characters of its Markdown source."""
+        from app.transcript.span_animation import selection_in_document, source_range
+
+        index = self.index_of_message(message_id)
+        message = message_of(index) if index.isValid() else None
+        browser = self.indexWidget(index) if index.isValid() else None
+        if message is None or message.role != "assistant" or not isinstance(browser, QTextBrowser):
+            return None
+        cursor = browser.textCursor()
+        if not cursor.hasSelection():
+            return None
+        doc = browser.document()
+        before, selected = selection_in_document(doc, cursor.selectionStart(), cursor.selectionEnd())
+        after = selection_in_document(doc, cursor.selectionEnd(), doc.characterCount() - 1)[1]
+        return source_range(message.content, before, selected, after)
+
+    def select_text(self, message_id: str, start: int, end: int) -> bool:
+        """Opens a reply's selectable text and selects characters [start, end) of what it shows."""
+        self.select_message(message_id)
+        browser = self.indexWidget(self.index_of_message(message_id))
+        if not isinstance(browser, QTextBrowser):
+            return False
+        cursor = browser.textCursor()
+        cursor.setPosition(start)
+        cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+        browser.setTextCursor(cursor)
+        return True
 

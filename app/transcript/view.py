@@ -42,6 +42,10 @@ class TranscriptView(TranscriptPointer, QListView):
     replay_state_changed = Signal(str)  # a replay was paused or resumed
     replay_finished = Signal(str)
     image_opened = Signal(str, int)  # message id, number of the image shown in the viewer
+    # Rewrite a span of a reply: message id, [start, end) characters of its text, ask for an instruction.
+    sig_rewrite_requested = Signal(str, int, int, bool)
+    sig_undo_rewrite_requested = Signal(str)
+    sig_redo_rewrite_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)

@@ -30,6 +30,7 @@ from app.window.local_server import LocalServerDialog, attach_local_server
 from app.remote.connection import attach_remote_connection
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import Sidebar
+from app.window.span_rewrite import attach_span_rewrite
 from app.window.thinking_toggle import attach_thinking_toggle
 from app.window.about import attach_about
 from app.window.accessibility import attach_accessibility
@@ -127,6 +128,7 @@ class MainWindow(QMainWindow):
         self.chat_panel = attach_chat_panel(self)
         self.context_meter = attach_context_meter(self)
         self.about_action = attach_about(self)
+        self.span_rewrite = attach_span_rewrite(self)
         self.apply_settings(settings, save=False)
         if len(self.controller.conversations):
             # The app reopens where the user left off: the most recently used chat.

@@ -39,6 +39,9 @@ from engine.protocol import (
     LoadProgress,
     ModelLoaded,
     Ready,
+    RewriteSpan,
+    SpanDraft,
+    SpanRewritten,
     Unloaded,
 )
 
@@ -67,7 +70,7 @@ class ModelRequest:
 
 @dataclass
 class _Generation:
-    request: protocol.Generate
+    request: protocol.Generate | RewriteSpan
     sent: bool = False
 
 
@@ -97,7 +100,10 @@ class EngineClient(QObject):
       draft_arrived(Draft)                 every draft as it arrives (record these, never paint)
       canvas_committed(CanvasCommitted)
       generation_finished(Done)            finish_reason "eos" | "length" | "cancelled"
-      generation_failed(Error)             an error event for a generate request
+      generation_failed(Error)             an error event for a generate (or rewrite_span) request
+      span_draft_received(SpanDraft)       a rewrite's drafts, throttled like draft_received
+      span_draft_arrived(SpanDraft)        every one of them as it arrives
+      span_rewritten(SpanRewritten)        a rewrite ended: "rewritten" or "cancelled"
       generation_interrupted(str)          request id; the worker died or was stopped mid-request
       error_received(Error)                any other error (load failure, protocol mismatch, ...)
       worker_crashed(int, list)            exit code (-1: killed by a signal), last stderr lines
@@ -111,6 +117,9 @@ class EngineClient(QObject):
     draft_arrived = Signal(object)
     canvas_committed = Signal(object)
     generation_finished = Signal(object)
+    span_draft_received = Signal(object)
+    span_draft_arrived = Signal(object)
+    span_rewritten = Signal(object)
     generation_failed = Signal(object)
     generation_interrupted = Signal(str)
     error_received = Signal(object)
@@ -236,6 +245,34 @@ class EngineClient(QObject):
             settings=settings or GenerationSettings(),
             thinking=thinking,
         )
+        return self._queue(request)
+
+    def rewrite_span(
+        self,
+        messages: Sequence[ChatMessage],
+        reply_token_ids: Sequence[int],
+        char_start: int,
+        char_end: int,
+        instruction: str = "",
+        system_prompt: str = "",
+        settings: GenerationSettings | None = None,
+    ) -> str:
+        """Queues a rewrite of reply characters [char_start, char_end) (widened to whole tokens by
+        the worker); returns its request id. Drafts, then span_rewritten or generation_failed."""
+        request = RewriteSpan(
+            request_id=f"rewrite-{uuid.uuid4().hex[:12]}",
+            messages=list(messages),
+            reply_token_ids=list(reply_token_ids),
+            span_start=char_start,
+            span_end=char_end,
+            instruction=instruction,
+            system_prompt=system_prompt,
+            settings=settings or GenerationSettings(),
+            span_unit="characters",
+        )
+        return self._queue(request)
+
+    def _queue(self, request: protocol.Generate | RewriteSpan) -> str:
         self._generations[request.request_id] = _Generation(request)
         if self._process is None and not self._restart_pending:
             # Not running and no restart coming: fail asynchronously, like any other failure.
@@ -259,8 +296,14 @@ class EngineClient(QObject):
         if not generation.sent:
             del self._generations[request_id]
             self._drafts.drop(request_id)
-            done = Done(request_id=request_id, finish_reason="cancelled", text="", token_ids=[], stats=_empty_stats())
             self._update_state()
+            request = generation.request
+            if isinstance(request, RewriteSpan):
+                ids = list(request.reply_token_ids)
+                ended = SpanRewritten(request_id, "cancelled", "", ids, 0, 0, [0, 0], [], _empty_stats())
+                QTimer.singleShot(0, self, lambda: self.span_rewritten.emit(ended))
+                return
+            done = Done(request_id=request_id, finish_reason="cancelled", text="", token_ids=[], stats=_empty_stats())
             QTimer.singleShot(0, self, lambda: self.generation_finished.emit(done))
             return
         self._send(protocol.Cancel(request_id=f"cancel-{uuid.uuid4().hex[:8]}", target_request_id=request_id))
@@ -550,9 +593,23 @@ class EngineClient(QObject):
         self.draft_arrived.emit(event)
         self._drafts.offer(event)
 
-    def _on_drafts_released(self, draft: Draft) -> None:
+    def _on_drafts_released(self, draft: Draft | SpanDraft) -> None:
         if draft.request_id in self._generations:
-            self.draft_received.emit(draft)
+            (self.span_draft_received if isinstance(draft, SpanDraft) else self.draft_received).emit(draft)
+
+    def _on_event_span_draft(self, event: SpanDraft) -> None:
+        if event.request_id not in self._generations:
+            return
+        self.span_draft_arrived.emit(event)
+        self._drafts.offer(event)
+
+    def _on_event_span_rewritten(self, event: SpanRewritten) -> None:
+        self._drafts.drop(event.request_id)
+        self._cancels.forget(event.request_id)
+        if self._generations.pop(event.request_id, None) is None:
+            return
+        self._update_state()
+        self.span_rewritten.emit(event)
 
     def _on_event_canvas_committed(self, event: CanvasCommitted) -> None:
         # The committed canvas supersedes any draft of it still waiting for the throttle.

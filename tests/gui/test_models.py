@@ -70,7 +70,11 @@ def test_transcript_model_roles_and_change_signals(qtbot):
     assert model.data(index, MessageRole.DRAFT) == draft
     with qtbot.waitSignal(model.dataChanged, timeout=1000) as blocker:
         transcript.update(reply.id, content="done", draft=None)
-    assert set(blocker.args[2]) == {Qt.ItemDataRole.DisplayRole, MessageRole.CONTENT, MessageRole.DRAFT}
+    # A screen reader hears the new text too: the accessible text and description change with it.
+    assert set(blocker.args[2]) == {
+        Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole, Qt.ItemDataRole.AccessibleDescriptionRole,
+        MessageRole.CONTENT, MessageRole.DRAFT,
+    }
     assert model.data(index) == "done"
     assert b"draft" in model.roleNames().values()
     model.detach()
