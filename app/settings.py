@@ -52,8 +52,43 @@ PRESETS: dict[str, SamplingPreset] = {
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingPreset))
 
 
+class SamplingChoice:
+    """The preset and raw sampling values shared by `Settings` (the defaults for new chats) and
+    `app.chat.chat_settings.ChatSettings` (one chat's own); mixed into frozen dataclasses that
+    have the preset field and the `SAMPLING_FIELDS`, seed and max_new_tokens."""
+
+    def with_preset(self, name: str) -> Any:
+        """These settings with a named preset's sampling values (or just marked custom)."""
+        if name == "custom":
+            return dataclasses.replace(self, preset="custom")
+        preset = PRESETS[name]
+        return dataclasses.replace(self, preset=name, **dataclasses.asdict(preset))
+
+    def with_sampling(self, **values: Any) -> Any:
+        """Raw sampling values edited by hand; the preset follows (a match, or "custom")."""
+        changed = dataclasses.replace(self, **values)
+        return dataclasses.replace(changed, preset=changed.matching_preset())
+
+    def matching_preset(self) -> str:
+        for name, preset in PRESETS.items():
+            if all(getattr(self, f) == getattr(preset, f) for f in SAMPLING_FIELDS):
+                return name
+        return "custom"
+
+    def generation_settings(self) -> GenerationSettings:
+        """The per-request settings the worker receives."""
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            max_denoising_steps=self.max_denoising_steps,
+            entropy_bound=self.entropy_bound,
+            t_min=self.t_min,
+            t_max=self.t_max,
+            seed=self.seed,
+        )
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(SamplingChoice):
     schema_version: int = SCHEMA_VERSION
     system_prompt: str = ""
     preset: PresetName = "quality"
@@ -77,35 +112,6 @@ class Settings:
     remote_model: str = ""
     remote_diffusiongemma: bool = True
     chat_panel_open: bool = True  # the chat's settings panel on the right of the window
-
-    def with_preset(self, name: str) -> Settings:
-        """These settings with a named preset's sampling values (or just marked custom)."""
-        if name == "custom":
-            return dataclasses.replace(self, preset="custom")
-        preset = PRESETS[name]
-        return dataclasses.replace(self, preset=name, **dataclasses.asdict(preset))
-
-    def with_sampling(self, **values: Any) -> Settings:
-        """Raw sampling values edited by hand; the preset follows (a match, or "custom")."""
-        changed = dataclasses.replace(self, **values)
-        return dataclasses.replace(changed, preset=changed.matching_preset())
-
-    def matching_preset(self) -> str:
-        for name, preset in PRESETS.items():
-            if all(getattr(self, f) == getattr(preset, f) for f in SAMPLING_FIELDS):
-                return name
-        return "custom"
-
-    def generation_settings(self) -> GenerationSettings:
-        """The per-request settings the worker receives."""
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            max_denoising_steps=self.max_denoising_steps,
-            entropy_bound=self.entropy_bound,
-            t_min=self.t_min,
-            t_max=self.t_max,
-            seed=self.seed,
-        )
 
     def problems(self) -> list[str]:
         """Reasons these values cannot be used; empty when they are fine."""

@@ -11,14 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from app.settings import PRESETS, SAMPLING_FIELDS, Settings
-from engine.protocol import SETTING_RANGES, GenerationSettings
+from app.settings import SamplingChoice, Settings
+from engine.protocol import SETTING_RANGES
 
 log = logging.getLogger("canvas_chat.chat_settings")
 
 
 @dataclass(frozen=True)
-class ChatSettings:
+class ChatSettings(SamplingChoice):
     system_prompt: str = ""
     preset: str = "quality"
     max_denoising_steps: int = 48
@@ -33,32 +33,6 @@ class ChatSettings:
     def from_settings(cls, settings: Settings) -> ChatSettings:
         """The defaults a new chat starts from."""
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if hasattr(settings, f.name)})
-
-    def with_sampling(self, **values: Any) -> ChatSettings:
-        """Changes raw sampling values; the preset becomes whichever preset they match, else custom."""
-        changed = dataclasses.replace(self, **values)
-        return dataclasses.replace(changed, preset=changed.matching_preset())
-
-    def with_preset(self, name: str) -> ChatSettings:
-        preset = PRESETS[name]
-        return dataclasses.replace(self, preset=name, **{f: getattr(preset, f) for f in SAMPLING_FIELDS})
-
-    def matching_preset(self) -> str:
-        for name, preset in PRESETS.items():
-            if all(getattr(self, f) == getattr(preset, f) for f in SAMPLING_FIELDS):
-                return name
-        return "custom"
-
-    def generation_settings(self) -> GenerationSettings:
-        """What the worker receives for this chat's next reply."""
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            max_denoising_steps=self.max_denoising_steps,
-            entropy_bound=self.entropy_bound,
-            t_min=self.t_min,
-            t_max=self.t_max,
-            seed=self.seed,
-        )
 
     def problems(self) -> list[str]:
         """Reasons these values cannot be used (engine.protocol.SETTING_RANGES); empty when fine."""
