@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DEMO_MODEL = REPO / "resources" / "demo-model"
+from docs.make_screenshots import DEMO_MODEL, grab, settle, wait_until  # noqa: E402
+
 REPLAY_PROMPT = "Who are you?"
 ENTROPY_BOUND = 0.001
 MATH_QUESTION = "How do I solve a quadratic equation? And what does a $5 and $10 pizza cost together?"
@@ -38,33 +39,6 @@ MATH_REPLY = (
     "    return (-b - d) / (2 * a), (-b + d) / (2 * a)\n```\n\n"
     "And the pizzas: $5 and $10 make $15.\n"
 )
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    from PySide6.QtCore import QCoreApplication, QEventLoop
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"make_export_math_replay_screenshots: timed out waiting for {what}")
-        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
-        time.sleep(0.005)
-
-
-def settle(seconds: float) -> None:
-    from PySide6.QtCore import QCoreApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QCoreApplication.processEvents()
-        time.sleep(0.005)
-
-
-def grab(window, path: Path) -> None:
-    settle(0.1)
-    if not window.grab().save(str(path)):
-        raise SystemExit(f"could not write {path}")
-    print(f"wrote {path}")
 
 
 def write_math_export(path: Path) -> None:
