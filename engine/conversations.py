@@ -39,18 +39,35 @@ class PromptPlan:
 
 
 class ConversationCaches:
-    def __init__(self, max_conversations: int = 4):
+    """The latest conversations' caches, least recently used first out: at most `max_conversations`
+    of them and, where `budget_bytes` is set (the worker sets it on CUDA), at most that many bytes."""
+
+    def __init__(self, max_conversations: int = 4, budget_bytes: int | None = None):
         self.max_conversations = max_conversations
+        self.budget_bytes = budget_bytes
         self._entries: OrderedDict[str, CachedPrefix] = OrderedDict()
+        self._bytes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, conversation_id: str) -> bool:
+        return conversation_id in self._entries
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._bytes.values())
+
+    def holds_other_than(self, conversation_id: str) -> bool:
+        return any(held != conversation_id for held in self._entries)
+
     def drop(self, conversation_id: str) -> None:
         self._entries.pop(conversation_id, None)
+        self._bytes.pop(conversation_id, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._bytes.clear()
 
     def plan(self, tokenizer, conversation_id: str, messages: list[dict[str, str]], reuse_cache: bool) -> PromptPlan:
         """How to encode `messages` (ending with the new user turn) given what is cached."""
@@ -60,6 +77,7 @@ class ConversationCaches:
         keep = stable_prefix_length(tokenizer, messages, full_ids)
         # The cache is mutated by generate(): from here on the entry is spent either way.
         entry = self._entries.pop(conversation_id, None)
+        self._bytes.pop(conversation_id, None)
         if entry is not None:
             cached = len(entry.token_ids)
             if cached <= keep and full_ids[:cached] == entry.token_ids:
@@ -73,8 +91,31 @@ class ConversationCaches:
             return
         self._entries[conversation_id] = CachedPrefix(list(token_ids), past_key_values)
         self._entries.move_to_end(conversation_id)
+        self._bytes[conversation_id] = cache_bytes(past_key_values)
         while len(self._entries) > self.max_conversations:
-            self._entries.popitem(last=False)
+            self._evict_oldest("more than %d conversations" % self.max_conversations)
+        # Never the entry just stored: it is the conversation the user is in.
+        while self.budget_bytes is not None and self.total_bytes > self.budget_bytes and len(self._entries) > 1:
+            self._evict_oldest(f"caches over the {self.budget_bytes:,}-byte budget")
+
+    def _evict_oldest(self, why: str) -> None:
+        evicted, _ = self._entries.popitem(last=False)
+        freed = self._bytes.pop(evicted, 0)
+        log.info("conversation %s: cache dropped (%s), %d bytes freed, %d bytes still held", evicted, why, freed, self.total_bytes)
+
+
+def cache_bytes(past_key_values: Any) -> int:
+    """The memory a cache holds: the storages behind its layers' K and V, whole, each counted once.
+    A `DynamicCache` layer's tensors are their own storage; a preallocated layer's (engine.kv_cache)
+    are views of its buffers, whose room beyond the tokens held is memory all the same."""
+    seen: dict[tuple[str, int], int] = {}
+    for layer in getattr(past_key_values, "layers", ()):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is None or not hasattr(tensor, "untyped_storage"):
+                continue
+            storage = tensor.untyped_storage()
+            seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
 
 
 def stable_prefix_length(tokenizer, messages: list[dict[str, str]], full_ids: list[int]) -> int:
@@ -89,3 +130,16 @@ def stable_prefix_length(tokenizer, messages: list[dict[str, str]], full_ids: li
             break
         shared += 1
     return min(shared, len(full_ids) - 1)
+
+
+def cuda_budget_bytes(config: dict[str, Any], quantization: str, free_bytes: int, context_tokens: int) -> int:
+    """The bytes kept conversations' caches may hold on a GPU with `free_bytes` free once the model
+    is loaded: what is left after one conversation's working set as engine.planner counts it (its
+    cache and the copy kept for the next turn, the larger of a prompt's encoding and a denoising
+    step, allocator slack) at `context_tokens`. The working set counts the active conversation's
+    own kept copy once more, which errs on the side of memory for the reply being generated."""
+    from engine.planner import FRAGMENTATION, activation_bytes, architecture_from_config, kv_cache_bytes
+
+    arch = architecture_from_config(config)
+    working = kv_cache_bytes(arch, context_tokens) + activation_bytes(arch, context_tokens, arch.canvas_length, quantization)
+    return max(0, free_bytes - int((1 + FRAGMENTATION) * working))

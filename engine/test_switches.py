@@ -45,10 +45,24 @@ def apply_step_fault(fault: tuple[str, str], steps_done: int) -> None:
     if name == "hang_after_steps" and steps_done > int(argument or 0):
         log.error("test fault: hanging after %s steps", argument)
         threading.Event().wait()
-    if name == "oom_on_generate":
+    if name == "oom_on_generate" or (name == "oom_after_replies" and _oom_now(argument, steps_done)):
         import torch
 
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test fault)")
+
+
+_replies_started = 0
+
+
+def _oom_now(argument: str, steps_done: int) -> bool:
+    """`oom_after_replies:OK:FAILING[:STEP]`: the first OK replies run, the next FAILING ones
+    (retries included) run out of memory after decoder forward STEP (1: before the first draft),
+    and the rest run."""
+    global _replies_started
+    ok, failing, step = ([int(part or 0) for part in argument.split(":")] + [0, 0, 0])[:3]
+    if steps_done == 1:
+        _replies_started += 1
+    return steps_done == max(step, 1) and ok < _replies_started <= ok + max(failing, 1)
 
 
 def apply_load_fault() -> None:

@@ -8,6 +8,7 @@ everything else the process prints goes to stderr. The worker exits when stdin c
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import os
 import queue
@@ -15,6 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -45,6 +47,7 @@ class Engine:
         from engine.conversations import ConversationCaches
 
         self.caches = ConversationCaches()
+        self._reply_started = False  # whether the GUI has had an event of the reply being generated
 
     # -- requests -------------------------------------------------------------------------
 
@@ -56,7 +59,7 @@ class Engine:
             if isinstance(request, p.LoadModel):
                 self._load(request)
             elif isinstance(request, p.Generate):
-                self._generate(request)
+                self._generate_retrying_after_out_of_memory(request)
             elif isinstance(request, p.RewriteSpan):
                 self._rewrite_span(request)
             elif isinstance(request, p.Unload):
@@ -136,6 +139,7 @@ class Engine:
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
         log.info("loaded %s on %s (%s) in %.1f s", loaded.source, loaded.device, loaded.quantization, loaded.load_s)
+        self.caches.budget_bytes = _cache_budget(loaded)
         self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
@@ -170,6 +174,7 @@ class Engine:
             log.info("loading the vision tower for the first image (request %s)", request.request_id)
 
             def progress(stage: str, message: str, fraction: float) -> None:
+                self._reply_started = True
                 self.emit(p.LoadProgress(request.request_id, stage, message, float(fraction)))
 
             load_vision_tower(model, loaded.path, progress)
@@ -191,6 +196,24 @@ class Engine:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _generate_retrying_after_out_of_memory(self, request: p.Generate) -> None:
+        """A reply that ran out of GPU memory while other conversations' caches were held is tried
+        once more without them, if the GUI has seen nothing of it yet (no draft, commit or
+        progress): the usual case, since the prompt's encoding and the first forward peak first.
+        The failed attempt spent this conversation's own cache too, so the retry re-encodes it."""
+        self._reply_started = False
+        try:
+            self._generate(request)
+            return
+        except Exception as exc:
+            if not (_is_out_of_memory(exc) and self.caches.holds_other_than(request.conversation_id)) or self._reply_started:
+                raise
+            log.warning("request %s ran out of GPU memory before its first draft: dropping %d other "
+                        "conversations' caches and trying once more", request.request_id, len(self.caches))
+        # Out of the except block, so that the traceback's frames (and their tensors) are gone.
+        self._after_out_of_memory()
+        self._generate(request)
 
     def _generate(self, request: p.Generate) -> None:
         from engine.generation import CanvasReport, StepObserver, StepReport, run_generation
@@ -224,9 +247,11 @@ class Engine:
         emit = self.emit
         defer = isinstance(getattr(emit, "__self__", None), EventChannel)
         committed: list[int] = []
+        engine = self
 
         class Observer(StepObserver):
             def on_step(self, report: StepReport) -> None:
+                engine._reply_started = True
                 def build() -> p.Draft:
                     return p.Draft(
                         request_id,
@@ -243,6 +268,7 @@ class Engine:
                 emit(DeferredDraft(request_id, report.canvas_index, build) if defer else build())
 
             def on_canvas(self, report: CanvasReport) -> None:
+                engine._reply_started = True
                 committed.extend(report.token_ids)
                 if request.thinking:
                     reply_text = _answer_of(tokenizer, plan.full_ids, committed)
@@ -497,6 +523,26 @@ def _runtime_versions() -> dict[str, str]:
 
 def _is_api_job(request: Any) -> bool:
     return type(request).__name__ == "ApiJob" and type(request).__module__ == "engine.api.jobs"
+
+
+def _cache_budget(loaded: Any) -> int | None:
+    """On CUDA, the bytes other conversations' caches may hold (engine.conversations.cuda_budget_bytes):
+    measured right after loading, so the model's weights are already out of what is free. On the CPU,
+    None: RAM is not planned, and the count limit alone applies."""
+    import torch
+
+    if not str(loaded.device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    from engine.conversations import cuda_budget_bytes
+    from engine.hardware import DEFAULT_CONTEXT_TOKENS
+
+    device = torch.device(loaded.device)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's pool is free to it too
+    config = json.loads((Path(loaded.path) / "config.json").read_text(encoding="utf-8"))
+    budget = cuda_budget_bytes(config, loaded.quantization, free, DEFAULT_CONTEXT_TOKENS)
+    log.info("conversation caches may hold %.2f GiB (%.2f GiB free after loading)", budget / 2**30, free / 2**30)
+    return budget
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
