@@ -9,9 +9,11 @@ follow-up reuses it only if its own rendering starts with those very tokens.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.generation import encode_prompt
@@ -143,3 +145,22 @@ def cuda_budget_bytes(config: dict[str, Any], quantization: str, free_bytes: int
     arch = architecture_from_config(config)
     working = kv_cache_bytes(arch, context_tokens) + activation_bytes(arch, context_tokens, arch.canvas_length, quantization)
     return max(0, free_bytes - int((1 + FRAGMENTATION) * working))
+
+
+def cuda_budget_of(loaded: Any) -> int | None:
+    """On CUDA, the bytes kept conversations' caches may hold (cuda_budget_bytes):
+    measured right after loading, so the model's weights are already out of what is free. On the CPU,
+    None: RAM is not planned, and the count limit alone applies."""
+    import torch
+
+    if not str(loaded.device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    from engine.hardware import DEFAULT_CONTEXT_TOKENS
+
+    device = torch.device(loaded.device)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's pool is free to it too
+    config = json.loads((Path(loaded.path) / "config.json").read_text(encoding="utf-8"))
+    budget = cuda_budget_bytes(config, loaded.quantization, free, DEFAULT_CONTEXT_TOKENS)
+    log.info("conversation caches may hold %.2f GiB (%.2f GiB free after loading)", budget / 2**30, free / 2**30)
+    return budget

@@ -8,7 +8,6 @@ everything else the process prints goes to stderr. The worker exits when stdin c
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import queue
@@ -16,7 +15,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 
 from engine import __version__, test_switches
@@ -107,6 +105,7 @@ class Engine:
         return None
 
     def _load(self, request: p.LoadModel) -> None:
+        from engine.conversations import cuda_budget_of
         from engine.loading import load_model
 
         def progress(stage: str, message: str, fraction: float, **extra: int) -> None:
@@ -139,7 +138,7 @@ class Engine:
             raise EngineError("load_failed", f"Loading {request.model} failed: {exc}", detail=traceback.format_exc(limit=6)) from None
         loaded = self.loaded
         log.info("loaded %s on %s (%s) in %.1f s", loaded.source, loaded.device, loaded.quantization, loaded.load_s)
-        self.caches.budget_bytes = _cache_budget(loaded)
+        self.caches.budget_bytes = cuda_budget_of(loaded)
         self.pieces = _PieceTable(loaded.tokenizer)  # lives as long as the model: a draft needs every position's text
         self.emit(
             p.ModelLoaded(
@@ -204,16 +203,19 @@ class Engine:
         The failed attempt spent this conversation's own cache too, so the retry re-encodes it."""
         self._reply_started = False
         try:
-            self._generate(request)
-            return
-        except Exception as exc:
-            if not (_is_out_of_memory(exc) and self.caches.holds_other_than(request.conversation_id)) or self._reply_started:
-                raise
-            log.warning("request %s ran out of GPU memory before its first draft: dropping %d other "
-                        "conversations' caches and trying once more", request.request_id, len(self.caches))
-        # Out of the except block, so that the traceback's frames (and their tensors) are gone.
-        self._after_out_of_memory()
-        self._generate(request)
+            try:
+                self._generate(request)
+                return
+            except Exception as exc:
+                if not (_is_out_of_memory(exc) and self.caches.holds_other_than(request.conversation_id)) or self._reply_started:
+                    raise
+                log.warning("request %s ran out of GPU memory before its first draft: dropping %d other "
+                            "conversations' caches and trying once more", request.request_id, len(self.caches))
+            # Out of the except block, so that the traceback's frames (and their tensors) are gone.
+            self._after_out_of_memory()
+            self._generate(request)  # a cancel that came during the failed attempt ends it before it starts
+        finally:
+            self.cancels.forget(request.request_id)
 
     def _generate(self, request: p.Generate) -> None:
         from engine.generation import CanvasReport, StepObserver, StepReport, run_generation
@@ -285,21 +287,18 @@ class Engine:
                     )
                 )
 
-        try:
-            result = run_generation(
-                model,
-                tokenizer,
-                plan.input_ids,
-                request.settings,
-                observer=Observer(),
-                should_stop=lambda: self.cancels.is_cancelled(request_id),
-                past_key_values=plan.past_key_values,
-                cached_tokens=plan.cached_tokens,
-                keep_prefix=plan.keep_prefix,
-                vision_inputs=vision_inputs,
-            )
-        finally:
-            self.cancels.forget(request_id)
+        result = run_generation(
+            model,
+            tokenizer,
+            plan.input_ids,
+            request.settings,
+            observer=Observer(),
+            should_stop=lambda: self.cancels.is_cancelled(request_id),
+            past_key_values=plan.past_key_values,
+            cached_tokens=plan.cached_tokens,
+            keep_prefix=plan.keep_prefix,
+            vision_inputs=vision_inputs,
+        )
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
         reasoning = ""
         if request.thinking:
@@ -523,26 +522,6 @@ def _runtime_versions() -> dict[str, str]:
 
 def _is_api_job(request: Any) -> bool:
     return type(request).__name__ == "ApiJob" and type(request).__module__ == "engine.api.jobs"
-
-
-def _cache_budget(loaded: Any) -> int | None:
-    """On CUDA, the bytes other conversations' caches may hold (engine.conversations.cuda_budget_bytes):
-    measured right after loading, so the model's weights are already out of what is free. On the CPU,
-    None: RAM is not planned, and the count limit alone applies."""
-    import torch
-
-    if not str(loaded.device).startswith("cuda") or not torch.cuda.is_available():
-        return None
-    from engine.conversations import cuda_budget_bytes
-    from engine.hardware import DEFAULT_CONTEXT_TOKENS
-
-    device = torch.device(loaded.device)
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's pool is free to it too
-    config = json.loads((Path(loaded.path) / "config.json").read_text(encoding="utf-8"))
-    budget = cuda_budget_bytes(config, loaded.quantization, free, DEFAULT_CONTEXT_TOKENS)
-    log.info("conversation caches may hold %.2f GiB (%.2f GiB free after loading)", budget / 2**30, free / 2**30)
-    return budget
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -126,3 +126,30 @@ def test_an_out_of_memory_with_no_other_cache_to_drop_is_not_retried(tiny_model_
         error = _generate(worker, "Capital of France?", "this")[-1]
         assert isinstance(error, p.Error) and error.code == "out_of_memory", error
         assert worker.close() == 0
+
+
+def test_the_cuda_budget_is_the_memory_free_after_loading_less_one_conversations_working_set(monkeypatch):
+    import types
+
+    import torch
+
+    from engine.conversations import cuda_budget_of
+    from engine.planner import GIB, architecture_from_config, kv_cache_resident_bytes
+    from engine.real_config import REAL_MODEL_ID, load_config_dict, shipped_model_dir
+
+    folder = shipped_model_dir(REAL_MODEL_ID)
+    pool = {"reserved": 0, "allocated": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loaded = types.SimpleNamespace(device="cpu", path=folder, quantization="nf4")
+    assert cuda_budget_of(loaded) is None  # a model on the CPU keeps the count limit only, GPU or not
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (9 * GIB, 24 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: pool["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: pool["allocated"])
+    loaded.device = "cuda"
+    budget = cuda_budget_of(loaded)
+    arch = architecture_from_config(load_config_dict(folder))
+    one_cache = kv_cache_resident_bytes(arch, 8192, arch.canvas_length)
+    # 9 GiB free after the 4-bit model on a 24 GB card: room for a few kept conversations, not all 9 GiB.
+    assert 3 * one_cache < budget < 9 * GIB - 2 * one_cache
+    pool.update(reserved=2 * GIB, allocated=GIB)  # torch's own pool holds 1 GiB it can reuse
+    assert cuda_budget_of(loaded) == budget + GIB
